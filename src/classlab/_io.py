@@ -1,0 +1,135 @@
+"""Atomic files, run folders and safe checkpoint loading, shared by train, grid and diagnose."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A missing, truncated or corrupted checkpoint (one-line message)."""
+
+
+class RunDirError(RuntimeError):
+    """A run folder that cannot be created or is not a run folder (one-line message)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Temporary file in the same folder, flush + fsync, then rename (atomic on POSIX). If any
+    step fails (disk full, permissions) the temporary file is removed and ``path`` is intact.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable; not supported on every filesystem, hence best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Serialise to memory first, then write atomically: a failed write leaves the old file."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """``torch.load(weights_only=True)``; any failure becomes one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint there")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle/zip errors have many types; all mean "unreadable"
+        kind = type(e).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupted: {kind})") \
+            from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a classlab checkpoint (no 'model' entry)")
+    return state
+
+
+def make_run_dir(out: Path, name: str) -> Path:
+    """Create ``out/<name>-<YYYYmmdd-HHMMSS>`` exclusively; a clash gets ``-2``, ``-3``...
+
+    ``mkdir`` without ``exist_ok`` is atomic, so two processes started in the same second
+    with the same name never share a folder.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create output folder {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise RunDirError(f"output folder {out} is not writable")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        candidate = out / (f"{name}-{stamp}" + (f"-{i}" if i > 1 else ""))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunDirError(f"cannot create run folder in {out}: {e.strerror or e}") from None
+    raise RunDirError(f"too many runs named {name!r} in {out} this second")
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The commit of the source tree classlab runs from (or of cwd), if it is a git checkout."""
+    here = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")

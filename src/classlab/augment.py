@@ -1,0 +1,226 @@
+"""Batched, on-device training augmentations.
+
+Every augmentation takes a whole batch ``x`` of shape ``[N, C, H, W]`` (floating point,
+already normalised, so 0 is the dataset's mean colour), a ``torch.Generator`` living on
+``x.device`` and the :class:`~classlab.config.AugConfig`, and returns a new tensor of the
+same shape, dtype and device. Randomness comes only from the explicit generator, so the
+same seed and input give bit-identical output, and per-image parameters are drawn as
+vectors and applied with index arithmetic, broadcasting or ``grid_sample``: no Python loop
+over images, so the cost stays a handful of kernel launches per batch on a GPU.
+
+The input is never modified in place. An op whose parameters make it the identity (crop
+padding 0, rotation 0 degrees, flip/cutout probability 0) returns ``x`` itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from classlab.config import AugConfig
+
+AugFn = Callable[[torch.Tensor, torch.Generator, AugConfig], torch.Tensor]
+
+__all__ = [
+    "AUGMENTATIONS",
+    "AugFn",
+    "augment",
+    "cutout",
+    "make_generator",
+    "random_crop",
+    "random_flip",
+    "random_rotate",
+]
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (the one the augmentations draw from)."""
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(seed)
+    return gen
+
+
+def _check_batch(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"{name}: expected a floating-point batch [N, C, H, W], got "
+            f"{x.dtype} of shape {tuple(x.shape)}"
+        )
+
+
+# --------------------------------------------------------------------------- crop
+
+
+def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """Map any integer index onto ``[0, size)`` by mirroring about the edge pixels.
+
+    Same convention as ``F.pad(mode="reflect")`` / ``np.pad(mode="reflect")`` (the edge
+    pixel is not repeated: ... 2 1 | 0 1 2 ... n-1 | n-2 ...), but valid for any distance
+    outside the image, since the reflection is periodic with period ``2 * (size - 1)``.
+    """
+    if size == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (size - 1)
+    idx = idx.abs().remainder(period)
+    return torch.where(idx >= size, period - idx, idx)
+
+
+def _translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: str) -> torch.Tensor:
+    """``out[i, :, y, x] = x[i, :, y + dy[i], x + dx[i]]``, outside pixels per ``pad_mode``.
+
+    dy, dx: integer ``[N]`` on ``x.device``. This equals cropping ``H x W`` at offset
+    ``(p + dy, p + dx)`` out of ``x`` padded by ``p`` on every side, without building the
+    ``[N, C, H + 2p, W + 2p]`` padded copy: one ``gather`` on the flattened ``H * W`` axis.
+    """
+    n, c, h, w = x.shape
+    ys = torch.arange(h, device=x.device)
+    xs = torch.arange(w, device=x.device)
+    src_y = ys[None, :] + dy[:, None]  # [N, H] source row of each output row
+    src_x = xs[None, :] + dx[:, None]  # [N, W] source column of each output column
+    if pad_mode == "reflect":
+        src_y, src_x = _reflect_index(src_y, h), _reflect_index(src_x, w)
+        inside = None
+    elif pad_mode == "zeros":
+        # [N, H, W]: where the source pixel lies inside the image; elsewhere the output is 0
+        in_y = (src_y >= 0) & (src_y < h)  # [N, H]
+        in_x = (src_x >= 0) & (src_x < w)  # [N, W]
+        inside = in_y[:, :, None] & in_x[:, None, :]
+        src_y, src_x = src_y.clamp(0, h - 1), src_x.clamp(0, w - 1)
+    else:
+        raise ValueError(f"pad_mode: unknown value {pad_mode!r}; allowed: zeros, reflect")
+    flat = (src_y[:, :, None] * w + src_x[:, None, :]).reshape(n, 1, h * w)  # [N, 1, H*W]
+    out = x.reshape(n, c, h * w).gather(2, flat.expand(n, c, h * w)).view(n, c, h, w)
+    if inside is not None:
+        out = out.masked_fill(~inside[:, None], 0)
+    return out
+
+
+def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+    """Pad by ``cfg.crop_padding`` (``cfg.pad_mode``) and take a random ``H x W`` crop.
+
+    That is a per-image integer translation by ``(dy, dx)``, each uniform in ``[-p, p]``;
+    with offsets ``(oy, ox) = (dy + p, dx + p)`` into the padded image,
+    ``out[i, :, y, x] == padded[i, :, y + oy_i, x + ox_i]``. Reflect padding wider than the
+    image keeps mirroring (``F.pad`` would refuse ``p >= H``).
+    """
+    _check_batch(x, "random_crop")
+    p = cfg.crop_padding
+    if p == 0:
+        return x
+    # [2, N]: row and column offsets, drawn in one call so both come from the same stream
+    d = torch.randint(-p, p + 1, (2, x.shape[0]), generator=gen, device=x.device)
+    return _translate(x, d[0], d[1], cfg.pad_mode)
+
+
+# --------------------------------------------------------------------------- flip
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+    """Flip each image left-right with probability ``cfg.flip_p``."""
+    _check_batch(x, "random_flip")
+    if cfg.flip_p <= 0:
+        return x
+    flip = torch.rand(x.shape[0], generator=gen, device=x.device) < cfg.flip_p  # [N]
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+# --------------------------------------------------------------------------- rotate
+
+
+def _rotate(x: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """Rotate each image about its centre by ``angles_deg[i]`` degrees, counter-clockwise
+    as displayed (y axis down), bilinear, zeros outside, ``align_corners=False``.
+
+    ``affine_grid`` maps output to input coordinates normalised to ``[-1, 1]`` per axis, so
+    a rotation by ``a`` in pixel space becomes ``[[cos, -sin * H/W], [sin * W/H, cos]]``
+    (the aspect factors keep non-square images undistorted). The grid and sampling run in
+    float32 for half/bfloat16 input: a bf16 grid would misplace samples by ~0.1 pixel.
+    """
+    n, c, h, w = x.shape
+    if x.numel() == 0:  # affine_grid rejects empty sizes; nothing to rotate anyway
+        return x
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    a = angles_deg.to(device=x.device, dtype=work.dtype) * (math.pi / 180.0)  # [N] radians
+    cos, sin = torch.cos(a), torch.sin(a)
+    zero = torch.zeros_like(a)
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin * (h / w), zero], dim=-1),
+            torch.stack([sin * (w / h), cos, zero], dim=-1),
+        ],
+        dim=1,
+    )  # [N, 2, 3]
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)  # [N, H, W, 2]
+    out = F.grid_sample(work, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.to(x.dtype)
+
+
+def random_rotate(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+    """Rotate each image by an angle uniform in ``[-d, d]`` degrees (``d = cfg.rotate_degrees``)."""
+    _check_batch(x, "random_rotate")
+    d = cfg.rotate_degrees
+    if d == 0:
+        return x
+    u = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=torch.float32)  # [N]
+    return _rotate(x, (2.0 * u - 1.0) * d)
+
+
+# --------------------------------------------------------------------------- cutout
+
+
+def _cutout_mask(
+    centres_y: torch.Tensor, centres_x: torch.Tensor, size: int, h: int, w: int
+) -> torch.Tensor:
+    """``[N, H, W]`` bool, True inside a ``size x size`` square per image, clipped at borders.
+
+    The square covers rows ``cy - size // 2 .. cy - size // 2 + size - 1`` (and likewise
+    columns), so it is centred on ``(cy, cx)`` for odd sizes and one pixel up-left of the
+    centre for even ones; parts outside the image are simply dropped.
+    """
+    y0 = centres_y - size // 2  # [N]
+    x0 = centres_x - size // 2
+    ys = torch.arange(h, device=centres_y.device)
+    xs = torch.arange(w, device=centres_x.device)
+    in_y = (ys[None, :] >= y0[:, None]) & (ys[None, :] < (y0 + size)[:, None])  # [N, H]
+    in_x = (xs[None, :] >= x0[:, None]) & (xs[None, :] < (x0 + size)[:, None])  # [N, W]
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def cutout(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+    """With probability ``cfg.cutout_p`` per image, zero (= mean colour) a square of side
+    ``cfg.cutout_size`` whose centre is uniform over the image's pixels, clipped at borders
+    (DeVries & Taylor 2017), so squares near an edge remove fewer pixels."""
+    _check_batch(x, "cutout")
+    if cfg.cutout_p <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=gen, device=x.device)
+    cx = torch.randint(0, w, (n,), generator=gen, device=x.device)
+    apply = torch.rand(n, generator=gen, device=x.device) < cfg.cutout_p  # [N]
+    mask = _cutout_mask(cy, cx, cfg.cutout_size, h, w) & apply[:, None, None]  # [N, H, W]
+    return x.masked_fill(mask[:, None], 0)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+AUGMENTATIONS: dict[str, AugFn] = {
+    "crop": random_crop,
+    "flip": random_flip,
+    "rotate": random_rotate,
+    "cutout": cutout,
+}
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+    """Apply ``AUGMENTATIONS[name]`` for each name in ``cfg.ops``, in order."""
+    for name in cfg.ops:
+        fn = AUGMENTATIONS.get(name)
+        if fn is None:
+            raise ValueError(
+                f"aug.ops: unknown value {name!r}; allowed: {', '.join(sorted(AUGMENTATIONS))}"
+            )
+        x = fn(x, gen, cfg)
+    return x

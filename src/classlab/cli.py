@@ -1,0 +1,220 @@
+"""Command line: ``classlab train | eval | diagnose | report | grid | table | schedule | config``.
+
+Every user-facing failure (bad config, missing data, bad run folder, corrupt checkpoint) ends
+as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Plots are written to files only; never try to open a window.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _add_data_out(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder holding cifar-10-batches-py or cifar-10-batches-bin")
+    if out:
+        p.add_argument("--out", type=Path, default=Path("runs"), help="where run folders go")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="classlab", description="Train CIFAR-10-sized classifiers "
+                                 "from YAML and look inside them.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one run from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--resume", type=Path, default=None, help="continue this run folder")
+    _add_data_out(p)
+
+    p = sub.add_parser("eval", help="re-evaluate a run's checkpoint on the test set")
+    p.add_argument("run", type=Path)
+    p.add_argument("--device", default=None)
+    _add_data_out(p, out=False)
+
+    p = sub.add_parser("diagnose", help="predictions, mistakes, confusion, CAMs, report")
+    p.add_argument("run", type=Path)
+    p.add_argument("--layers", default=None, help="comma-separated module names")
+    p.add_argument("--method", default=None, help="CAM method")
+    p.add_argument("--count", type=int, default=None, help="misclassified images to show")
+    p.add_argument("--target", default=None, choices=["pred", "true"])
+    p.add_argument("--device", default=None)
+    _add_data_out(p, out=False)
+
+    p = sub.add_parser("report", help="(re)build report.md and report.html of a run")
+    p.add_argument("run", type=Path)
+
+    p = sub.add_parser("grid", help="run every point of a grid file")
+    p.add_argument("grid", type=Path)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every point")
+    p.add_argument("--jobs", type=int, default=1, help="points run at once")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one self-contained `classlab train` line per point and exit")
+    p.add_argument("--grid-dir", type=Path, default=None,
+                   help="grid folder (default: <out>/<grid file name>)")
+    _add_data_out(p)
+
+    p = sub.add_parser("table", help="tabulate the finished runs of a grid folder")
+    p.add_argument("grid_dir", type=Path)
+
+    p = sub.add_parser("schedule", help="print and plot the LR of every step, without training")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="training images per epoch (default: from the config's dataset)")
+    p.add_argument("--plot", type=Path, default=Path("schedule.png"))
+
+    p = sub.add_parser("config", help="print the config reference, or a resolved config")
+    p.add_argument("config", nargs="?")
+    p.add_argument("overrides", nargs="*")
+    return ap
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from classlab import config, train
+
+    overrides = list(a.overrides)
+    if a.config and "=" in a.config and not Path(a.config).exists():
+        overrides.insert(0, a.config)
+        a.config = None
+    if a.resume is not None:
+        if a.config or overrides:
+            raise config.ConfigError("--resume continues a run with its own config.yaml; "
+                                     "drop the config file and overrides")
+        s, epoch, best, wall = train.resume_run(a.resume, a.data_dir)
+        run_dir = a.resume
+        print(f"Resuming {run_dir} after epoch {epoch}", flush=True)
+    else:
+        cfg = config.load(a.config, overrides)
+        s, run_dir = train.start_run(cfg, a.out, a.data_dir)
+        epoch, best, wall = 0, {}, 0.0
+    print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
+          f"{s.params:,} params, device {s.device}, precision {s.amp.precision}", flush=True)
+    summary = train.fit(s, run_dir, epoch, best, wall)
+    _print_final(summary)
+    if s.cfg.diagnose.enabled:
+        _diagnose(run_dir, session=s)
+    return 0
+
+
+def _print_final(summary: dict) -> None:
+    f, b = summary["final"], summary["best_by_val"]
+    if f:
+        print(f"Final: train acc {f['train_acc']:.2f}%, val acc {f['val_acc']:.2f}%, "
+              f"test acc {f['test_acc']:.2f}%  (best by val: epoch {b['epoch']}, "
+              f"test acc {b['test_acc']:.2f}%)", flush=True)
+
+
+def _diagnose(run_dir: Path, **kw) -> None:
+    from classlab import diagnose, report
+
+    diagnose.diagnose_run(run_dir, **kw)
+    md, html = report.build_report(run_dir)
+    print(f"Report: {md} and {html}", flush=True)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from classlab import train
+
+    s, state = train.session_from_run(a.run, a.data_dir, a.device)
+    x, y = s.data["test"]
+    res = train.evaluate(s.model, x, y, normalize=s.normalize,
+                         batch_size=s.cfg.train.eval_batch_size, amp=s.amp)
+    print(f"Test set: Average loss: {res.loss:.4f}, Accuracy: {round(res.acc * res.n / 100)}/"
+          f"{res.n} ({res.acc:.2f}%)  [checkpoint epoch {state['epoch']}]")
+    return 0
+
+
+def cmd_diagnose(a: argparse.Namespace) -> int:
+    layers = [x for x in a.layers.split(",") if x] if a.layers else None
+    _diagnose(a.run, data_root=a.data_dir, layers=layers, method=a.method, count=a.count,
+              target=a.target, device=a.device)
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from classlab import report
+
+    md, html = report.build_report(a.run)
+    print(f"Report: {md} and {html}")
+    return 0
+
+
+def cmd_grid(a: argparse.Namespace) -> int:
+    from classlab import grid
+
+    return grid.main_grid(a.grid, a.overrides, out=a.out, data_dir=a.data_dir, jobs=a.jobs,
+                          print_commands=a.print_commands, grid_dir=a.grid_dir)
+
+
+def cmd_table(a: argparse.Namespace) -> int:
+    from classlab import grid
+
+    return grid.main_table(a.grid_dir)
+
+
+def cmd_schedule(a: argparse.Namespace) -> int:
+    from classlab import config, schedule
+
+    cfg = config.load(a.config, a.overrides)
+    return schedule.main_schedule(cfg, a.train_images, a.plot)
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    from classlab import config
+
+    if a.config is None and not a.overrides:
+        print(config.reference())
+    else:
+        print(config.dump(config.load(a.config, a.overrides)), end="")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
+            "report": cmd_report, "grid": cmd_grid, "table": cmd_table,
+            "schedule": cmd_schedule, "config": cmd_config}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "bad input": shown as one line, exit status 2."""
+    from classlab import _io, config, data
+
+    errs: list[type[BaseException]] = [config.ConfigError, data.DataError, _io.CheckpointError,
+                                       _io.RunDirError]
+    try:
+        from classlab.diagnose import DiagnoseError
+
+        errs.append(DiagnoseError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from classlab.train import TrainingError
+
+    try:
+        return COMMANDS[args.command](args)
+    except _user_errors() as e:
+        print(f"classlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"classlab {args.command}: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"classlab {args.command}: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

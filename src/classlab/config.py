@@ -1,0 +1,389 @@
+"""One typed config tree, loaded from YAML and overridden with ``key.sub=value``.
+
+Every field carries its own help text and unit in ``metadata``; the README's config
+reference is generated from the same metadata (``classlab config-help``). Validation
+happens once, in :func:`validate`, before anything is written to disk, and every problem
+is raised as :class:`ConfigError` with a single line naming the full key, the bad value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line naming the key, the value and what is allowed."""
+
+
+def _f(default: Any, help: str, **checks: Any) -> Any:
+    """A dataclass field with its help text and optional checks.
+
+    checks: ``choices`` (a list, or the name of a registry resolved at validation time),
+    ``ge`` / ``gt`` / ``le`` / ``lt`` numeric bounds, ``unit`` (shown in the reference).
+    """
+    meta = {"help": help, **checks}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("cifar10", "dataset", choices="datasets")
+    dir: str = _f("", "folder holding cifar-10-batches-py and/or cifar-10-batches-bin "
+                  "(empty: $CLASSLAB_DATA or ~/.cache/classlab); --data-dir overrides it")
+    download: bool = _f(False, "download the official archive when the data is absent")
+    url: str = _f("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                  "where data.download fetches the archive from")
+    val_split: float = _f(0.1, "fraction of the training set held out, stratified, for "
+                          "validation (0.1 = 5,000 CIFAR-10 images); 0 disables it",
+                          ge=0.0, lt=1.0, unit="fraction")
+    subset: int = _f(0, "train on a stratified subset of this many images (0: all)",
+                     ge=0, unit="images")
+    synthetic_size: int = _f(2000, "images per split for the synthetic dataset "
+                             "(train; test gets half)", ge=20, unit="images")
+    seed: int = _f(0, "seed of the validation split and subset (independent of train.seed)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("resnet18", "architecture", choices="models")
+    norm: str = _f("bn", "normalization layer: bn=BatchNorm, ln=LayerNorm (GroupNorm with "
+                   "one group), gn=GroupNorm", choices="norms")
+    gn_groups: int = _f(32, "groups for norm=gn (must divide every layer's channels)", ge=1)
+    width: int = _f(64, "channels of the first stage; later stages double it", ge=1,
+                    unit="channels")
+
+
+@dataclass
+class OptimConfig:
+    name: str = _f("adam", "optimizer", choices="optimizers")
+    lr: float = _f(1e-3, "learning rate (the peak LR for onecycle)", gt=0.0)
+    weight_decay: float = _f(1e-4, "weight decay: L2 added to the gradient for sgd/adam, "
+                             "decoupled for adamw", ge=0.0)
+    momentum: float = _f(0.9, "SGD momentum (ignored by adam/adamw)", ge=0.0, lt=1.0)
+    nesterov: bool = _f(False, "Nesterov momentum for SGD")
+    beta1: float = _f(0.9, "Adam/AdamW beta1", ge=0.0, lt=1.0)
+    beta2: float = _f(0.999, "Adam/AdamW beta2", ge=0.0, lt=1.0)
+    no_decay_norm_bias: bool = _f(False, "exempt norm weights and biases from weight decay")
+    norm_bias_lr_scale: float = _f(1.0, "LR multiplier for norm weights and biases", gt=0.0)
+
+
+@dataclass
+class SchedConfig:
+    name: str = _f("onecycle", "LR schedule", choices="schedulers")
+    # onecycle
+    pct_start: float = _f(0.3, "onecycle: fraction of steps spent increasing the LR",
+                          gt=0.0, lt=1.0, unit="fraction")
+    div_factor: float = _f(25.0, "onecycle: initial LR = lr / div_factor", gt=0.0)
+    final_div_factor: float = _f(1e4, "onecycle: final LR = initial LR / final_div_factor",
+                                 gt=0.0)
+    three_phase: bool = _f(False, "onecycle: use the three-phase variant")
+    cycle_momentum: bool = _f(True, "onecycle: cycle momentum/beta1 inversely to the LR")
+    # step
+    step_size: int = _f(10, "step: epochs between LR drops", ge=1, unit="epochs")
+    gamma: float = _f(0.1, "step: LR multiplier at each drop", gt=0.0, le=1.0)
+    # plateau
+    monitor: str = _f("val_loss", "plateau: metric watched (never a test metric)",
+                      choices=["val_loss", "val_acc", "train_loss"])
+    factor: float = _f(0.2, "plateau: LR multiplier on a plateau", gt=0.0, lt=1.0)
+    patience: int = _f(3, "plateau: epochs without improvement before a drop", ge=0,
+                       unit="epochs")
+    min_lr: float = _f(0.0, "plateau: lower bound on the LR", ge=0.0)
+    # cosine / linear
+    warmup_epochs: float = _f(0.0, "cosine/linear: linear warm-up length", ge=0.0,
+                              unit="epochs")
+    final_lr_frac: float = _f(0.0, "cosine/linear: final LR as a fraction of optim.lr",
+                              ge=0.0, le=1.0, unit="fraction")
+
+
+@dataclass
+class AugConfig:
+    ops: list[str] = _f(["crop", "flip", "rotate", "cutout"],
+                        "batched train-time augmentations, applied in this order",
+                        choices="augmentations")
+    crop_padding: int = _f(4, "crop: pixels of padding before the random 32x32 crop", ge=0,
+                           unit="pixels")
+    pad_mode: str = _f("zeros", "crop: padding mode", choices=["zeros", "reflect"])
+    flip_p: float = _f(0.5, "flip: probability of a horizontal flip", ge=0.0, le=1.0)
+    rotate_degrees: float = _f(5.0, "rotate: maximum absolute angle, uniform in [-d, d]",
+                               ge=0.0, le=180.0, unit="degrees")
+    cutout_size: int = _f(16, "cutout: side of the zeroed square (clipped at borders)", ge=1,
+                          unit="pixels")
+    cutout_p: float = _f(1.0, "cutout: probability per image", ge=0.0, le=1.0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(40, "number of epochs", ge=1, unit="epochs")
+    batch_size: int = _f(256, "images per training step (global, across all processes)", ge=1,
+                         unit="images")
+    eval_batch_size: int = _f(1000, "images per evaluation forward pass", ge=1, unit="images")
+    seed: int = _f(1, "seed of weights init, shuffling and augmentation")
+    device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    precision: str = _f("auto", "autocast dtype; auto = bf16 on CUDA with bf16 support, "
+                        "else fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    channels_last: bool = _f(False, "use channels_last memory format")
+    compile: bool = _f(False, "torch.compile the model")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", ge=0.0, lt=1.0)
+    grad_clip: float = _f(0.0, "clip gradients to this total L2 norm (0: off)", ge=0.0)
+    threads: int = _f(0, "CPU threads for torch (0: torch's default)", ge=0)
+    progress: bool = _f(True, "show a progress bar per epoch")
+
+
+@dataclass
+class LogConfig:
+    dynamics_every: int = _f(50, "log per-layer gradient norms and update/weight ratios every "
+                             "N steps (0: off)", ge=0, unit="steps")
+
+
+@dataclass
+class DiagnoseConfig:
+    enabled: bool = _f(True, "run diagnostics and write the report at the end of training")
+    layers: list[str] = _f(["layer1", "layer2", "layer3", "layer4"],
+                           "model layers shown by the CAM grid")
+    method: str = _f("gradcam", "class-activation-map method", choices="cams")
+    count: int = _f(20, "misclassified images shown in the gallery and CAM grid", ge=1,
+                    unit="images")
+    target: str = _f("pred", "CAM target class", choices=["pred", "true"])
+
+
+@dataclass
+class Config:
+    name: str = _f("run", "run name; the run folder is <out>/<name>-<timestamp>")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _registry_names(name: str) -> list[str]:
+    """Valid names of a registry, imported lazily so config stays import-light."""
+    if name == "datasets":
+        from classlab.data import DATASETS
+
+        return sorted(DATASETS)
+    if name == "models":
+        from classlab.models import MODELS
+
+        return sorted(MODELS)
+    if name == "norms":
+        from classlab.models import NORMS
+
+        return sorted(NORMS)
+    if name == "optimizers":
+        from classlab.optim import OPTIMIZERS
+
+        return sorted(OPTIMIZERS)
+    if name == "schedulers":
+        from classlab.optim import SCHEDULERS
+
+        return sorted(SCHEDULERS)
+    if name == "augmentations":
+        from classlab.augment import AUGMENTATIONS
+
+        return sorted(AUGMENTATIONS)
+    if name == "cams":
+        from classlab.diagnose import CAMS
+
+        return sorted(CAMS)
+    raise KeyError(name)
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "a list of strings"
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; ints are accepted for floats."""
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # list[str]
+        if isinstance(value, str):  # "a,b,c" from the command line
+            value = [v for v in value.split(",") if v]
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _section_from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if not isinstance(k, str) or k not in fields:
+            raise ConfigError(f"{key}: unknown key; allowed: {', '.join(fields)}")
+        tp = hints[k]
+        kwargs[k] = _section_from_dict(tp, v, key + ".") if _is_section(tp) else _coerce(
+            key, v, tp
+        )
+    return cls(**kwargs)
+
+
+def from_dict(raw: Any) -> Config:
+    """Build and validate a :class:`Config` from a plain (YAML-loaded) mapping."""
+    cfg = _section_from_dict(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.sub=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # e.g. an unbalanced bracket: let the type check report it as a string
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set ``key.sub=value`` items (values parsed as YAML scalars) into a raw mapping."""
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])}: is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with ``yaml.safe_load``; errors become one-line ConfigErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return raw
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML file (or the defaults when ``path`` is None) and apply overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    return from_dict(apply_overrides(raw, list(overrides)))
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML; ``load`` of it gives back an equal Config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_field(key: str, value: Any, meta: dict) -> None:
+    choices = meta.get("choices")
+    if choices is not None:
+        allowed = _registry_names(choices) if isinstance(choices, str) else list(choices)
+        for v in value if isinstance(value, list) else [value]:
+            if v not in allowed:
+                raise ConfigError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
+    bounds = (("ge", "≥", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
+              ("le", "≤", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b))
+    for name, sym, ok in bounds:
+        if name in meta and not ok(value, meta[name]):
+            raise ConfigError(f"{key}: {value!r} is out of range; must be {sym} {meta[name]}")
+
+
+def _walk(cfg: Any, prefix: str = ""):
+    """Yield (full key, value, field metadata) for every leaf field."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, f.metadata
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for the first invalid field or inconsistent combination."""
+    for key, value, meta in _walk(cfg):
+        _check_field(key, value, meta)
+    if cfg.sched.name == "plateau" and cfg.sched.monitor.startswith("val_") \
+            and cfg.data.val_split == 0:
+        raise ConfigError(
+            f"sched.monitor: {cfg.sched.monitor!r} needs a validation split but data.val_split "
+            "is 0; allowed: set data.val_split > 0 or sched.monitor=train_loss"
+        )
+    device = cfg.train.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
+                                                  and device[5:].isdigit())):
+        raise ConfigError(f"train.device: unknown value {device!r}; allowed: auto, cpu, cuda, "
+                          "cuda:N")
+    if not cfg.name or any(c in cfg.name for c in "/\\\0") or cfg.name in (".", ".."):
+        raise ConfigError(f"name: {cfg.name!r} cannot be a folder name; allowed: a non-empty "
+                          "name without / or \\")
+
+
+def reference() -> str:
+    """A Markdown table of every config field: key, default, unit, meaning."""
+    rows = ["| key | default | unit / allowed | meaning |", "| --- | --- | --- | --- |"]
+    for key, value, meta in _walk(Config()):
+        allowed = meta.get("unit", "")
+        choices = meta.get("choices")
+        if choices is not None:
+            names = _registry_names(choices) if isinstance(choices, str) else choices
+            allowed = " \\| ".join(names)
+        default = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+        rows.append(f"| `{key}` | `{default.strip()}` | {allowed} | {meta['help']} |")
+    return "\n".join(rows)
+

@@ -1,0 +1,598 @@
+"""The training loop: ``train_one_epoch`` and ``evaluate`` (written once, used by train, grid
+and diagnose), checkpoints, resume and the run folder.
+
+Data path: the whole dataset is one uint8 tensor ``[N,3,H,W]`` on the training device; a
+batch is gathered by index, converted to float, normalised and augmented there as whole-batch
+tensor ops. Randomness of an epoch (shuffle + augmentation) comes from a generator seeded by
+``(train.seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classlab import _io, config
+from classlab.augment import augment, make_generator
+from classlab.config import Config
+from classlab.data import Splits, load_splits
+from classlab.dynamics import DynamicsLogger
+from classlab.models import build_model, count_params
+from classlab.optim import Stepper, build_optimizer, build_scheduler, current_lr
+
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+                 "test_acc", "seconds"]
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on purpose (e.g. a non-finite loss); one-line message."""
+
+
+# --------------------------------------------------------------------------- devices & precision
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={name} but CUDA is not available; use cpu or auto")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` is bf16 on CUDA cards that support it, else fp32 (see bench/README.md)."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+@dataclass
+class Amp:
+    """Autocast settings plus the gradient scaler that fp16 needs (disabled otherwise)."""
+
+    device_type: str
+    precision: str
+    scaler: torch.amp.GradScaler = field(repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            enabled = self.precision == "fp16" and self.device_type == "cuda"
+            self.scaler = torch.amp.GradScaler(self.device_type, enabled=enabled)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device_type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Normalizer:
+    """uint8 ``[N,3,H,W]`` -> float32 ``(x/255 - mean)/std``, on the batch's device."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 channels_last: bool = False) -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.channels_last = channels_last
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = (x.float() - self.mean) / self.std
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+
+def batch_indices(n: int, batch_size: int, gen: torch.Generator | None) -> list[torch.Tensor]:
+    """Index tensors of one epoch: shuffled with ``gen`` (None: in order). A trailing batch of
+    one image is dropped, since BatchNorm cannot train on a single sample."""
+    device = gen.device if gen is not None else "cpu"
+    order = (torch.randperm(n, generator=gen, device=device) if gen is not None
+             else torch.arange(n))
+    chunks = list(order.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks.pop()
+    return chunks
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    steps = math.ceil(n / batch_size)
+    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class EpochResult:
+    loss: float  # mean per-sample cross-entropy over the epoch's (augmented) images
+    acc: float  # percent correct, running over the epoch (the spec's "Training Accuracy")
+    steps: int
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=True, dynamic_ncols=True,
+                file=sys.stderr, mininterval=0.5)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    stepper: Stepper,
+    normalize: Normalizer,
+    augment_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    gen: torch.Generator,
+    batch_size: int,
+    amp: Amp,
+    epoch: int,
+    global_step: int = 0,
+    label_smoothing: float = 0.0,
+    grad_clip: float = 0.0,
+    dynamics: DynamicsLogger | None = None,
+    progress: bool = True,
+) -> EpochResult:
+    """One pass over ``x`` (uint8 ``[N,3,H,W]`` on the device) in shuffled batches.
+
+    Loss and accuracy are summed on the device and read back only when the progress bar
+    refreshes, so the GPU is not synchronised on every step. A non-finite loss raises
+    TrainingError naming the epoch and step.
+    """
+    model.train()
+    batches = batch_indices(len(x), batch_size, gen)
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    seen = 0
+    # On CUDA, check finiteness every few steps (one sync); on CPU it is free every step.
+    check_every = 1 if x.device.type == "cpu" else 25
+    step_losses: list[torch.Tensor] = []
+    bar = _progress(len(batches), f"Epoch {epoch}", progress)
+    try:
+        for i, idx in enumerate(batches):
+            step = global_step + i
+            xb = augment_fn(normalize(x[idx]), gen)
+            yb = y[idx]
+            with amp.autocast():
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            amp.scaler.scale(loss).backward()
+            if grad_clip > 0 or (dynamics is not None and dynamics.wants(step)):
+                amp.scaler.unscale_(optimizer)  # norms and clipping in true gradient units
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if dynamics is not None:
+                dynamics.before_step(step)
+            amp.scaler.step(optimizer)
+            amp.scaler.update()
+            if dynamics is not None:
+                dynamics.after_step(step, epoch, optimizer)
+            stepper.after_batch()
+            n = len(idx)
+            loss_sum += loss.detach().double() * n
+            correct += (logits.argmax(1) == yb).sum()
+            seen += n
+            step_losses.append(loss.detach())
+            if len(step_losses) >= check_every or i == len(batches) - 1:
+                _check_finite(step_losses, epoch, step - len(step_losses) + 1)
+                step_losses = []
+            if progress:
+                bar.update(1)
+                if i % 10 == 0 or i == len(batches) - 1:
+                    bar.set_postfix_str(
+                        f"loss={loss.item():.4f} lr={current_lr(optimizer):.5f} "
+                        f"acc={100.0 * correct.item() / seen:.2f}", refresh=False)
+    finally:
+        bar.close()
+    return EpochResult(loss_sum.item() / seen, 100.0 * correct.item() / seen, len(batches))
+
+
+def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> None:
+    ok = torch.isfinite(torch.stack(losses))
+    if not bool(ok.all()):
+        bad = first_step + int((~ok).nonzero()[0])
+        raise TrainingError(f"non-finite loss at epoch {epoch}, step {bad}; stopped (the last "
+                            "good checkpoint is kept). Try a lower optim.lr or train.grad_clip")
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean per-sample cross-entropy
+    acc: float  # percent correct
+    n: int
+    preds: torch.Tensor | None = None  # [N] int64 (keep_outputs=True)
+    probs: torch.Tensor | None = None  # [N, K] float32 softmax
+    losses: torch.Tensor | None = None  # [N] per-sample loss
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    normalize: Normalizer,
+    batch_size: int,
+    amp: Amp,
+    keep_outputs: bool = False,
+    tta_flip: bool = False,
+) -> EvalResult:
+    """Loss and accuracy of ``model`` on uint8 ``x`` (no augmentation; optional flip TTA that
+    averages the logits of the image and its mirror). Outputs stay on the CPU."""
+    if len(x) == 0:
+        return EvalResult(float("nan"), float("nan"), 0)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    preds, probs, losses = [], [], []
+    for idx in torch.arange(len(x), device=x.device).split(batch_size):
+        xb, yb = normalize(x[idx]), y[idx]
+        with amp.autocast():
+            logits = model(xb).float()
+            if tta_flip:
+                logits = (logits + model(xb.flip(-1)).float()) / 2
+        per = F.cross_entropy(logits, yb, reduction="none")
+        loss_sum += per.double().sum().item()
+        pred = logits.argmax(1)
+        correct += int((pred == yb).sum())
+        if keep_outputs:
+            preds.append(pred.cpu())
+            probs.append(logits.softmax(1).cpu())
+            losses.append(per.cpu())
+    model.train(was_training)
+    res = EvalResult(loss_sum / len(x), 100.0 * correct / len(x), len(x))
+    if keep_outputs:
+        res.preds, res.probs, res.losses = torch.cat(preds), torch.cat(probs), torch.cat(losses)
+    return res
+
+
+# --------------------------------------------------------------------------- state & RNG
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),  # the 625 ints of Mersenne Twister state
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
+                         state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """Shuffle/augmentation randomness of one epoch, independent of everything before it."""
+    return make_generator(seed * 1_000_003 + epoch, device)
+
+
+# --------------------------------------------------------------------------- the session
+
+
+@dataclass
+class Session:
+    """Everything a run needs, built once from a Config (see :func:`build_session`)."""
+
+    cfg: Config
+    device: torch.device
+    splits: Splits
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    stepper: Stepper
+    amp: Amp
+    normalize: Normalizer
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (x uint8, y) on device
+    params: int
+    steps_per_epoch: int
+
+
+def build_session(cfg: Config, data_root: Path | None = None,
+                  splits: Splits | None = None) -> Session:
+    """Load data, build model/optimizer/scheduler on the chosen device (no files written)."""
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    splits = splits if splits is not None else load_splits(cfg.data, data_root)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, num_classes=len(splits.classes)).to(device)
+    params = count_params(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    steps = steps_per_epoch(len(splits.train_x), cfg.train.batch_size)
+    stepper = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps)
+    amp = Amp(device.type, resolve_precision(cfg.train.precision, device))
+    data = {
+        "train": (splits.train_x.to(device), splits.train_y.to(device)),
+        "val": (splits.val_x.to(device), splits.val_y.to(device)),
+        "test": (splits.test_x.to(device), splits.test_y.to(device)),
+    }
+    normalize = Normalizer(splits.mean, splits.std, device, cfg.train.channels_last)
+    return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, data,
+                   params, steps)
+
+
+def checkpoint_state(s: Session, epoch: int, best: dict) -> dict:
+    return {
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.stepper.state_dict(),
+        "scaler": s.amp.scaler.state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "rng": rng_state(),
+        "config": config.to_dict(s.cfg),
+        "classes": list(s.splits.classes),
+        "mean": list(s.splits.mean),
+        "std": list(s.splits.std),
+        "params": s.params,
+    }
+
+
+def restore(s: Session, state: dict) -> tuple[int, dict]:
+    """Load a checkpoint into the session; returns (last finished epoch, best-so-far)."""
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.stepper.load_state_dict(state["scheduler"])
+    s.amp.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]), dict(state["best"])
+
+
+# --------------------------------------------------------------------------- run folder files
+
+
+def _truncate_csv(path: Path, keep: Callable[[dict], bool], fields: list[str]) -> None:
+    """Rewrite a CSV keeping complete rows that ``keep`` accepts (drops rows written after the
+    last checkpoint, and a half-written last line after a crash)."""
+    if not path.exists():
+        return
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if None in r.values() or None in r:
+                continue  # a cut-off line
+            try:
+                if keep(r):
+                    rows.append(r)
+            except ValueError:
+                continue
+    buf = [",".join(fields)]
+    for r in rows:
+        buf.append(",".join(_csv_cell(r[k]) for k in fields))
+    _io.atomic_write_text(path, "\n".join(buf) + "\n")
+
+
+def _csv_cell(v: str) -> str:
+    return f'"{v}"' if ("," in v or '"' in v) else v
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """Append one epoch row and flush it to disk (header on first write)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: _fmt(row[k]) for k in METRIC_FIELDS})
+        f.flush()
+
+
+def _fmt(v: float | int) -> str:
+    if isinstance(v, int):
+        return str(v)
+    return "" if v != v else f"{v:.6g}"  # NaN (no val split) -> empty cell
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append({k: (int(v) if k == "epoch" else (float(v) if v else float("nan")))
+                         for k, v in r.items()})
+    return rows
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "commit": _io.git_commit(),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _update_best(best: dict, row: dict) -> dict:
+    """Best epoch chosen by validation accuracy only; its test accuracy is reported as is."""
+    key = "val_acc" if row["val_acc"] == row["val_acc"] else "train_acc"
+    if not best or row[key] > best["score"]:
+        return {"epoch": row["epoch"], "score": row[key], "by": key,
+                "val_acc": row["val_acc"], "test_acc": row["test_acc"]}
+    return best
+
+
+def _summary(s: Session, run_dir: Path, status: str, best: dict, last: dict | None,
+             wall: float, error: str | None = None) -> dict:
+    return {
+        "name": s.cfg.name,
+        "run_dir": str(run_dir),
+        "status": status,
+        "error": error,
+        "model": s.cfg.model.name,
+        "norm": s.cfg.model.norm,
+        "optimizer": s.cfg.optim.name,
+        "scheduler": s.cfg.sched.name,
+        "params": s.params,
+        "epochs": s.cfg.train.epochs,
+        "epochs_done": last["epoch"] if last else 0,
+        "final": {k: last[k] for k in METRIC_FIELDS[2:8]} if last else None,
+        "best_by_val": best or None,
+        "wall_seconds": round(wall, 2),
+        "seconds_per_epoch": round(wall / last["epoch"], 2) if last else None,
+        "device": _device_name(s.device),
+        "precision": s.amp.precision,
+        "train_images": len(s.splits.train_x),
+        "val_images": len(s.splits.val_x),
+        "test_images": len(s.splits.test_x),
+        "classes": list(s.splits.classes),
+        "versions": environment(),
+    }
+
+
+def _print_epoch(row: dict, n: dict[str, int]) -> None:
+    def part(split: str) -> str:
+        if row[f"{split}_loss"] != row[f"{split}_loss"]:
+            return ""
+        return f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.2f}%  "
+    print(f"Epoch {row['epoch']}: {part('train')}{part('val')}{part('test')}"
+          f"({n['test']} test images, {row['seconds']:.1f}s)", flush=True)
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = None,
+        wall_before: float = 0.0, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train epochs ``start_epoch+1 .. cfg.train.epochs``, writing metrics and checkpoints.
+
+    Returns the final summary. On a TrainingError the summary records it (status "failed")
+    and the error is re-raised; ``last.pt`` then still holds the last good epoch.
+    """
+    cfg, best = s.cfg, dict(best or {})
+    t0 = time.time() - wall_before
+    dyn = (DynamicsLogger(s.model, run_dir / "dynamics.csv", cfg.log.dynamics_every)
+           if cfg.log.dynamics_every > 0 else None)
+    last = None
+    xs, ys = s.data["train"]
+    aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
+    try:
+        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+            te = time.time()
+            lr = current_lr(s.optimizer)
+            gen = epoch_generator(cfg.train.seed, epoch, s.device)
+            tr = train_one_epoch(
+                s.model, xs, ys, optimizer=s.optimizer, stepper=s.stepper,
+                normalize=s.normalize, augment_fn=aug, gen=gen,
+                batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
+                global_step=(epoch - 1) * s.steps_per_epoch,
+                label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
+                dynamics=dyn, progress=cfg.train.progress)
+            ev = {k: evaluate(s.model, *s.data[k], normalize=s.normalize,
+                              batch_size=cfg.train.eval_batch_size, amp=s.amp)
+                  for k in ("val", "test")}
+            row = {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
+                   "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,
+                   "test_loss": ev["test"].loss, "test_acc": ev["test"].acc,
+                   "seconds": time.time() - te}
+            # Only train/val metrics reach the scheduler: the test set drives no decision.
+            s.stepper.after_epoch({k: row[k] for k in ("train_loss", "val_loss", "val_acc")})
+            best = _update_best(best, row)
+            if dyn is not None:
+                dyn.flush()
+            _io.save_checkpoint(run_dir / "last.pt", checkpoint_state(s, epoch, best))
+            append_metrics(run_dir / "metrics.csv", row)
+            last = row
+            _print_epoch(row, {k: len(v[0]) for k, v in s.data.items()})
+            _io.write_json(run_dir / "summary.json",
+                           _summary(s, run_dir, "running", best, last, time.time() - t0))
+            if on_epoch is not None:
+                on_epoch(row)
+    except TrainingError as e:
+        rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+        _io.write_json(run_dir / "summary.json", _summary(
+            s, run_dir, "failed", best, rows[-1] if rows else None, time.time() - t0, str(e)))
+        raise
+    finally:
+        if dyn is not None:
+            dyn.close()
+    if last is None:  # resumed a finished run
+        rows = read_metrics(run_dir / "metrics.csv")
+        last = rows[-1] if rows else None
+    summary = _summary(s, run_dir, "finished", best, last, time.time() - t0)
+    _io.write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def start_run(cfg: Config, out: Path, data_root: Path | None = None) -> tuple[Session, Path]:
+    """Build the session (all checks that can fail happen here), then create the run folder."""
+    s = build_session(cfg, data_root)
+    run_dir = _io.make_run_dir(out, cfg.name)
+    _io.atomic_write_text(run_dir / "config.yaml", config.dump(cfg))
+    _io.write_json(run_dir / "summary.json", _summary(s, run_dir, "running", {}, None, 0.0))
+    return s, run_dir
+
+
+def resume_run(run_dir: Path, data_root: Path | None = None) -> tuple[Session, int, dict, float]:
+    """Rebuild the session of ``run_dir`` from its config.yaml and last.pt, and drop any
+    metrics/dynamics rows written after that checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise _io.RunDirError(f"{run_dir}: not a run folder (no config.yaml)")
+    cfg = config.load(run_dir / "config.yaml")
+    state = _io.load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
+    s = build_session(cfg, data_root)
+    epoch, best, wall = 0, {}, 0.0
+    if state is not None:
+        epoch, best = restore(s, state)
+    _truncate_csv(run_dir / "metrics.csv", lambda r: int(r["epoch"]) <= epoch, METRIC_FIELDS)
+    limit = epoch * s.steps_per_epoch
+    _truncate_csv(run_dir / "dynamics.csv", lambda r: int(r["step"]) < limit,
+                  ["step", "epoch", "layer", "metric", "value"])
+    if epoch and (run_dir / "metrics.csv").exists():
+        wall = sum(r["seconds"] for r in read_metrics(run_dir / "metrics.csv"))
+    return s, epoch, best, wall
+
+
+def session_from_run(run_dir: Path, data_root: Path | None = None,
+                     device: str | None = None) -> tuple[Session, dict]:
+    """A session whose model holds ``run_dir/last.pt`` (for eval and diagnose)."""
+    run_dir = Path(run_dir)
+    state = _io.load_checkpoint(run_dir / "last.pt")
+    cfg = config.from_dict(state["config"])
+    if device is not None:
+        cfg.train.device = device
+    s = build_session(cfg, data_root)
+    s.model.load_state_dict(state["model"])
+    return s, state
