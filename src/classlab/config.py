@@ -10,6 +10,7 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,9 @@ def _type_name(tp: Any) -> str:
     )
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the field type ``tp``; ints are accepted for floats."""
     if tp is bool:
@@ -221,6 +225,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
+        # PyYAML (YAML 1.1) reads "1e-3" as a string; users write it that way all the time.
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
             value = float(value)

@@ -1,0 +1,142 @@
+"""End-to-end: tiny runs on synthetic data write their files, eval reproduces them, seeds
+reproduce runs, a resumed run is bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+from classlab import _io, config, train
+from classlab.cli import main
+
+TINY = ["name=tiny", "data.name=synthetic", "data.synthetic_size=300", "model.width=4",
+        "train.epochs=2", "train.batch_size=64", "train.progress=false",
+        "diagnose.enabled=false", "log.dynamics_every=3"]
+
+
+def _run(tmp_path, *extra, out="runs"):
+    cfg = config.load(None, TINY + list(extra))
+    s, run_dir = train.start_run(cfg, tmp_path / out)
+    summary = train.fit(s, run_dir)
+    return run_dir, summary
+
+
+def test_run_folder_has_all_files_and_eval_reproduces(tmp_path, capsys):
+    run_dir, summary = _run(tmp_path)
+    for f in ("config.yaml", "metrics.csv", "summary.json", "last.pt", "dynamics.csv"):
+        assert (run_dir / f).is_file(), f
+    rows = train.read_metrics(run_dir / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) == set(train.METRIC_FIELDS)
+    assert summary["status"] == "finished" and summary["params"] > 0
+    assert summary["final"]["test_acc"] == pytest.approx(rows[-1]["test_acc"])
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    # the resolved config re-loads to the same run
+    assert config.load(run_dir / "config.yaml") == config.load(None, TINY)
+    ckpt = _io.load_checkpoint(run_dir / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "config"} <= set(ckpt)
+    assert ckpt["epoch"] == 2
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"({rows[-1]['test_acc']:.2f}%)" in out
+
+
+def test_per_sample_loss_is_a_true_average(tmp_path):
+    run_dir, _ = _run(tmp_path, "train.epochs=1")
+    s, _ = train.session_from_run(run_dir)
+    x, y = s.data["test"]
+    # batch size that does not divide N: the mean must not depend on it
+    a = train.evaluate(s.model, x, y, normalize=s.normalize, batch_size=7, amp=s.amp,
+                       keep_outputs=True)
+    b = train.evaluate(s.model, x, y, normalize=s.normalize, batch_size=1000, amp=s.amp)
+    assert a.loss == pytest.approx(b.loss, rel=1e-5)
+    assert a.loss == pytest.approx(a.losses.mean().item(), rel=1e-5)
+    assert a.acc == b.acc == pytest.approx(100 * (a.preds == y).float().mean().item())
+
+
+def test_learns_the_synthetic_data(tmp_path):
+    _, summary = _run(tmp_path, "train.epochs=4", "data.synthetic_size=600", "model.width=8",
+                      "optim.lr=0.003")
+    assert summary["final"]["test_acc"] > 40  # 10 classes: chance is 10%
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path):
+    a, _ = _run(tmp_path, out="a")
+    b, _ = _run(tmp_path, out="b")
+    c, _ = _run(tmp_path, "train.seed=2", out="c")
+    wa, wb, wc = (_io.load_checkpoint(d / "last.pt")["model"] for d in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_is_bit_identical_and_never_duplicates_rows(tmp_path):
+    full, _ = _run(tmp_path, "train.epochs=3", out="full")
+    # an interrupted run: stop after epoch 2 by asking for 3 but killing the loop
+    cfg = config.load(None, TINY + ["train.epochs=3"])
+    s, part = train.start_run(cfg, tmp_path / "part")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train.fit(s, part, on_epoch=stop_after_two)
+    # a partial epoch-3 line in the CSVs, as if killed mid-write
+    with open(part / "metrics.csv", "a") as f:
+        f.write("3,0.001,2.2")
+    with open(part / "dynamics.csv", "a") as f:
+        f.write("999999,3,conv1.weight,grad_norm,1.0\n999999,3,conv1")
+    s2, epoch, best, wall = train.resume_run(part)
+    assert epoch == 2
+    train.fit(s2, part, epoch, best, wall)
+    wf, wp = (_io.load_checkpoint(d / "last.pt")["model"] for d in (full, part))
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    mf, mp = (train.read_metrics(d / "metrics.csv") for d in (full, part))
+    assert [r["epoch"] for r in mp] == [1, 2, 3]
+    for rf, rp in zip(mf, mp):
+        assert {k: v for k, v in rf.items() if k != "seconds"} == \
+               {k: v for k, v in rp.items() if k != "seconds"}
+    keys = lambda d: [(r["step"], r["layer"], r["metric"])  # noqa: E731
+                      for r in csv.DictReader(open(d / "dynamics.csv"))]
+    assert keys(full) == keys(part)
+
+
+def test_cli_train_writes_run_and_bad_config_writes_nothing(tmp_path, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"name": "cli"}))
+    out = tmp_path / "runs"
+    assert main(["train", str(cfg_file), *TINY[1:], "train.epochs=1", "--out", str(out)]) == 0
+    assert len(list(out.iterdir())) == 1
+    capsys.readouterr()
+    assert main(["train", str(cfg_file), "optim.lr=-1", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["classlab train: error: optim.lr: -1.0 is out of range; must be > 0.0"]
+    assert not (tmp_path / "r2").exists()
+
+
+def test_missing_data_error_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = main(["train", "data.name=cifar10", "--data-dir", str(tmp_path / "nodata"),
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(tmp_path / "nodata") in err[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_nonfinite_loss_stops_with_epoch_and_step(tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = main(["train", *TINY, "optim.name=sgd", "optim.lr=1e30", "sched.name=none",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "non-finite loss at epoch 1, step" in err
+    (run_dir,) = out.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "non-finite" in summary["error"]
