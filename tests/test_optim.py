@@ -9,8 +9,14 @@ import torch
 from torch.optim import lr_scheduler as lrs
 
 from classlab.config import OptimConfig, SchedConfig
-from classlab.optim import (OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler,
-                            current_lr, param_groups)
+from classlab.optim import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    build_optimizer,
+    build_scheduler,
+    current_lr,
+    param_groups,
+)
 
 EPOCHS, STEPS = 4, 5
 

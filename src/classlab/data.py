@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -298,11 +299,15 @@ def download_cifar10(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create {root}: {e.strerror or e}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=".cifar10-", suffix=".tar.gz.part", dir=root)
-    tmp_archive = Path(tmp_name)
+    tmp_archive: Path | None = None
     tmp_dir: Path | None = None
     ok = False
     try:
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=".cifar10-", suffix=".tar.gz.part", dir=root)
+        except OSError as e:
+            raise DataError(f"cannot write into {root}: {e.strerror or e}") from None
+        tmp_archive = Path(tmp_name)
         digest = hashlib.md5()
         try:
             with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
@@ -313,7 +318,8 @@ def download_cifar10(
             raise DataError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
         except urllib.error.URLError as e:
             raise DataError(f"cannot download {url}: {e.reason}") from None
-        except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+        except (OSError, ValueError, http.client.HTTPException) as e:  # timeouts, cut
+            # transfers (IncompleteRead), malformed URLs, a full disk
             raise DataError(f"cannot download {url}: {e}") from None
         got = digest.hexdigest()
         if got != archive_md5:
@@ -337,7 +343,8 @@ def download_cifar10(
         ok = True
         return final
     finally:
-        tmp_archive.unlink(missing_ok=True)
+        if tmp_archive is not None:
+            tmp_archive.unlink(missing_ok=True)
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         if not ok and created_root:
@@ -359,8 +366,10 @@ def _load_cifar10(cfg: DataConfig, root: Path) -> Arrays:
         return read_cifar10_py(py)
     if bn.is_dir():
         return read_cifar10_bin(bn)
-    if cfg.download:
-        return read_cifar10_py(download_cifar10(root, cfg.url))
+    if cfg.download:  # tables looked up now, not at def time, so tests can swap them
+        folder = download_cifar10(root, cfg.url, archive_md5=CIFAR10_ARCHIVE_MD5,
+                                  file_md5s=CIFAR10_PY_MD5S)
+        return read_cifar10_py(folder)
     raise DataError(f"no CIFAR-10 under {root}: expected {py} or {bn}; pass --data-dir, or set "
                     "data.download=true")
 
@@ -384,7 +393,7 @@ def _synthetic_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     rgb = np.array([_SYN_RGB[c] for c, _ in _SYN_CLASSES], dtype=np.float32)[y]  # [n,3]
     rgb = rgb + rng.uniform(-30, 30, size=(n, 3)).astype(np.float32)  # colour jitter
 
-    r = rng.uniform(6.0, 11.0, size=(n, 1, 1)).astype(np.float32)  # size, pixels
+    r = rng.uniform(7.5, 11.5, size=(n, 1, 1)).astype(np.float32)  # size, pixels
     cy = rng.uniform(11.0, 21.0, size=(n, 1, 1)).astype(np.float32)  # centre, pixels
     cx = rng.uniform(11.0, 21.0, size=(n, 1, 1)).astype(np.float32)
     grid = np.arange(32, dtype=np.float32)
@@ -400,9 +409,9 @@ def _synthetic_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     ))
     mask = np.take_along_axis(masks, shape_of[None, :, None, None], axis=0)[0]  # [n,32,32]
 
-    # Background: a random dark-to-mid grey per image plus per-pixel noise (std 18 levels).
-    bg = rng.uniform(0, 110, size=(n, 1, 1, 1)).astype(np.float32)
-    noise = rng.normal(0, 18, size=(n, 3, 32, 32)).astype(np.float32)
+    # Background: a random dark-to-mid grey per image plus per-pixel noise (std 12 levels).
+    bg = rng.uniform(0, 100, size=(n, 1, 1, 1)).astype(np.float32)
+    noise = rng.normal(0, 12, size=(n, 3, 32, 32)).astype(np.float32)
     img = np.where(mask[:, None], rgb[:, :, None, None], bg) + noise
     return np.clip(img, 0, 255).round().astype(np.uint8), y.astype(np.int64)
 
