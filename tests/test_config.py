@@ -101,3 +101,11 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
     assert config.load(None, ["optim.lr=5E-4"]).optim.lr == 0.0005
     with pytest.raises(ConfigError, match="expected a number, got '1e-3x'"):
         config.load(None, ["optim.lr=1e-3x"])
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [ln for ln in config.reference().splitlines() if ln not in readme]
+    assert not missing, "README.md config reference is stale: paste `classlab config`"
