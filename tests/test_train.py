@@ -140,3 +140,30 @@ def test_nonfinite_loss_stops_with_epoch_and_step(tmp_path, capsys):
     (run_dir,) = out.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "non-finite" in summary["error"]
+
+
+@pytest.mark.parametrize("extra", [["train.ema_decay=0.9"], ["train.tta=flip_translate"],
+                                   ["train.label_smoothing=0.1", "train.grad_clip=1.0"]])
+def test_training_tricks_run_and_eval_reproduces(tmp_path, capsys, extra):
+    run_dir, summary = _run(tmp_path, "train.epochs=1", *extra)
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    assert f"({summary['final']['test_acc']:.2f}%)" in capsys.readouterr().out
+
+
+def test_ema_is_the_average_it_claims():
+    model = torch.nn.Linear(2, 2)
+    ema = train.Ema(model, 0.75)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(4.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, 0.75 * w0 + 0.25 * (w0 + 4.0))
+
+
+def test_tta_views_are_flips_and_one_pixel_shifts():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    views = train.TTA["flip_translate"](x)
+    assert len(views) == 6 and torch.equal(views[1], x.flip(-1))
+    assert torch.equal(views[2][..., 1:, 1:], x[..., :-1, :-1])  # moved down-right by one
+    assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])

@@ -128,7 +128,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     s, state = train.session_from_run(a.run, a.data_dir, a.device)
     x, y = s.data["test"]
     res = train.evaluate(s.model, x, y, normalize=s.normalize,
-                         batch_size=s.cfg.train.eval_batch_size, amp=s.amp)
+                         batch_size=s.cfg.train.eval_batch_size, amp=s.amp, tta=s.cfg.train.tta)
     print(f"Test set: Average loss: {res.loss:.4f}, Accuracy: {round(res.acc * res.n / 100)}/"
           f"{res.n} ({res.acc:.2f}%)  [checkpoint epoch {state['epoch']}]")
     return 0

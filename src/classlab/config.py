@@ -135,6 +135,11 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", ge=0.0, lt=1.0)
     grad_clip: float = _f(0.0, "clip gradients to this total L2 norm (0: off)", ge=0.0)
+    ema_decay: float = _f(0.0, "keep an exponential moving average of the weights with this "
+                          "decay per step and evaluate it (0: off; e.g. 0.99)", ge=0.0, lt=1.0)
+    tta: str = _f("none", "test-time augmentation in evaluation: average the logits of the "
+                  "image and its mirror (flip), plus 1-pixel shifts (flip_translate)",
+                  choices=["none", "flip", "flip_translate"])
     threads: int = _f(0, "CPU threads for torch (0: torch's default)", ge=0)
     progress: bool = _f(True, "show a progress bar per epoch")
 

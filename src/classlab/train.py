@@ -10,6 +10,7 @@ tensor ops. Randomness of an epoch (shuffle + augmentation) comes from a generat
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import math
 import platform
@@ -115,6 +116,27 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return steps - 1 if steps > 1 and n % batch_size == 1 else steps
 
 
+class Ema:
+    """Exponential moving average of a model's weights, kept as a full copy of the model.
+
+    After each optimizer step: ``w_ema <- decay * w_ema + (1 - decay) * w``; buffers (BatchNorm
+    running statistics) are copied, since they are already running averages.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        torch._foreach_lerp_(list(self.model.parameters()),
+                             [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -149,6 +171,7 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     grad_clip: float = 0.0,
     dynamics: DynamicsLogger | None = None,
+    ema: Ema | None = None,
     progress: bool = True,
 ) -> EpochResult:
     """One pass over ``x`` (uint8 ``[N,3,H,W]`` on the device) in shuffled batches.
@@ -187,6 +210,8 @@ def train_one_epoch(
             if dynamics is not None:
                 dynamics.after_step(step, epoch, optimizer)
             stepper.after_batch()
+            if ema is not None:
+                ema.update(model)
             n = len(idx)
             loss_sum += loss.detach().double() * n
             correct += (logits.argmax(1) == yb).sum()
@@ -224,6 +249,23 @@ class EvalResult:
     losses: torch.Tensor | None = None  # [N] per-sample loss
 
 
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate ``[N,C,H,W]`` by (dy, dx) pixels, filling with reflected border pixels."""
+    p = max(abs(dy), abs(dx))
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., p - dy: p - dy + h, p - dx: p - dx + w]
+
+
+TTA: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
+    "none": lambda x: [x],
+    "flip": lambda x: [x, x.flip(-1)],
+    # the image, its mirror, and both shifted one pixel up-left and down-right
+    "flip_translate": lambda x: [v for s in (x, _shift(x, 1, 1), _shift(x, -1, -1))
+                                 for v in (s, s.flip(-1))],
+}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -234,10 +276,11 @@ def evaluate(
     batch_size: int,
     amp: Amp,
     keep_outputs: bool = False,
-    tta_flip: bool = False,
+    tta: str = "none",
 ) -> EvalResult:
-    """Loss and accuracy of ``model`` on uint8 ``x`` (no augmentation; optional flip TTA that
-    averages the logits of the image and its mirror). Outputs stay on the CPU."""
+    """Loss and accuracy of ``model`` on uint8 ``x``, without augmentation, or with test-time
+    augmentation ``tta`` (see :data:`TTA`) averaging the logits of several views. Outputs
+    stay on the CPU."""
     if len(x) == 0:
         return EvalResult(float("nan"), float("nan"), 0)
     was_training = model.training
@@ -247,9 +290,7 @@ def evaluate(
     for idx in torch.arange(len(x), device=x.device).split(batch_size):
         xb, yb = normalize(x[idx]), y[idx]
         with amp.autocast():
-            logits = model(xb).float()
-            if tta_flip:
-                logits = (logits + model(xb.flip(-1)).float()) / 2
+            logits = torch.stack([model(v).float() for v in TTA[tta](xb)]).mean(0)
         per = F.cross_entropy(logits, yb, reduction="none")
         loss_sum += per.double().sum().item()
         pred = logits.argmax(1)
@@ -319,6 +360,12 @@ class Session:
     data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (x uint8, y) on device
     params: int
     steps_per_epoch: int
+    ema: Ema | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and reported: the EMA when it is on."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def build_session(cfg: Config, data_root: Path | None = None,
@@ -330,6 +377,11 @@ def build_session(cfg: Config, data_root: Path | None = None,
     splits = splits if splits is not None else load_splits(cfg.data, data_root)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, num_classes=len(splits.classes)).to(device)
+    normalize = Normalizer(splits.mean, splits.std, device, cfg.train.channels_last)
+    if hasattr(model, "init_from_data"):
+        # Data-dependent initialisation (e.g. a whitening first layer) sees training images
+        # only: the first 5,000 of the (already shuffled-by-split) train set, normalised.
+        model.init_from_data(normalize(splits.train_x[:5000].to(device)))
     params = count_params(model)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -342,9 +394,9 @@ def build_session(cfg: Config, data_root: Path | None = None,
         "val": (splits.val_x.to(device), splits.val_y.to(device)),
         "test": (splits.test_x.to(device), splits.test_y.to(device)),
     }
-    normalize = Normalizer(splits.mean, splits.std, device, cfg.train.channels_last)
+    ema = Ema(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, data,
-                   params, steps)
+                   params, steps, ema)
 
 
 def checkpoint_state(s: Session, epoch: int, best: dict) -> dict:
@@ -353,6 +405,7 @@ def checkpoint_state(s: Session, epoch: int, best: dict) -> dict:
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.stepper.state_dict(),
         "scaler": s.amp.scaler.state_dict(),
+        "ema": s.ema.model.state_dict() if s.ema is not None else None,
         "epoch": epoch,
         "best": best,
         "rng": rng_state(),
@@ -370,6 +423,8 @@ def restore(s: Session, state: dict) -> tuple[int, dict]:
     s.optimizer.load_state_dict(state["optimizer"])
     s.stepper.load_state_dict(state["scheduler"])
     s.amp.scaler.load_state_dict(state["scaler"])
+    if s.ema is not None:
+        s.ema.model.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
     return int(state["epoch"]), dict(state["best"])
 
@@ -518,9 +573,10 @@ def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = Non
                 batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
                 global_step=(epoch - 1) * s.steps_per_epoch,
                 label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
-                dynamics=dyn, progress=cfg.train.progress)
-            ev = {k: evaluate(s.model, *s.data[k], normalize=s.normalize,
-                              batch_size=cfg.train.eval_batch_size, amp=s.amp)
+                dynamics=dyn, ema=s.ema, progress=cfg.train.progress)
+            ev = {k: evaluate(s.eval_model, *s.data[k], normalize=s.normalize,
+                              batch_size=cfg.train.eval_batch_size, amp=s.amp,
+                              tta=cfg.train.tta)
                   for k in ("val", "test")}
             row = {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
                    "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,
@@ -594,5 +650,7 @@ def session_from_run(run_dir: Path, data_root: Path | None = None,
     if device is not None:
         cfg.train.device = device
     s = build_session(cfg, data_root)
-    s.model.load_state_dict(state["model"])
+    # The reported metrics came from the EMA weights when EMA was on: evaluate those.
+    s.model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    s.ema = None
     return s, state
