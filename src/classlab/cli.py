@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--resume", type=Path, default=None, help="continue this run folder")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="launch N processes with torchrun (DDP; one per GPU, or gloo on CPU)")
     _add_data_out(p)
 
     p = sub.add_parser("eval", help="re-evaluate a run's checkpoint on the test set")
@@ -79,7 +81,36 @@ def _parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """``classlab train --nproc N ...`` is ``torchrun --nproc_per_node=N -m classlab train ...``."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "classlab", *rest]
+    return subprocess.call(cmd)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(a.nproc, a.argv)
+    try:
+        return _train(a)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(a: argparse.Namespace) -> int:
     from classlab import config, train
 
     overrides = list(a.overrides)
@@ -97,12 +128,15 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = config.load(a.config, overrides)
         s, run_dir = train.start_run(cfg, a.out, a.data_dir)
         epoch, best, wall = 0, {}, 0.0
-    print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
-          f"{s.params:,} params, device {s.device}, precision {s.amp.precision}", flush=True)
+    if s.dist.main:
+        print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
+              f"{s.params:,} params, device {s.device}, precision {s.amp.precision}"
+              + (f", {s.dist.world} processes" if s.dist.world > 1 else ""), flush=True)
     summary = train.fit(s, run_dir, epoch, best, wall)
-    _print_final(summary)
-    if s.cfg.diagnose.enabled:
-        _diagnose(run_dir, session=s)
+    if s.dist.main:
+        _print_final(summary)
+        if s.cfg.diagnose.enabled:
+            _diagnose(run_dir, session=s)
     return 0
 
 
@@ -200,7 +234,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     from classlab.train import TrainingError
 
     try:

@@ -133,6 +133,8 @@ class TrainConfig:
                         "else fp32", choices=["auto", "fp32", "bf16", "fp16"])
     channels_last: bool = _f(False, "use channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
+    sync_bn: bool = _f(False, "under torchrun: synchronise BatchNorm statistics across "
+                       "processes (SyncBatchNorm)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", ge=0.0, lt=1.0)
     grad_clip: float = _f(0.0, "clip gradients to this total L2 norm (0: off)", ge=0.0)
     ema_decay: float = _f(0.0, "keep an exponential moving average of the weights with this "

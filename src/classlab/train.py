@@ -13,6 +13,7 @@ import contextlib
 import copy
 import csv
 import math
+import os
 import platform
 import random
 import sys
@@ -60,6 +61,53 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch of indices."""
+        return idx.tensor_split(self.world)[self.rank] if self.world > 1 else idx
+
+    def sum(self, *values: torch.Tensor) -> list[torch.Tensor]:
+        """All-reduce (sum) a few scalars across ranks; identity when not distributed."""
+        if self.world == 1:
+            return list(values)
+        t = torch.stack([v.double().reshape(()) for v in values])
+        torch.distributed.all_reduce(t)
+        return list(t.unbind())
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device | None]:
+    """Join the process group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK.
+
+    Returns the Dist and, on CUDA, the device of this rank (one GPU per process).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), None
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    device = None
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return Dist(rank, world, local), device
 
 
 @dataclass
@@ -172,6 +220,7 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     dynamics: DynamicsLogger | None = None,
     ema: Ema | None = None,
+    dist: Dist = Dist(),
     progress: bool = True,
 ) -> EpochResult:
     """One pass over ``x`` (uint8 ``[N,3,H,W]`` on the device) in shuffled batches.
@@ -192,6 +241,8 @@ def train_one_epoch(
     try:
         for i, idx in enumerate(batches):
             step = global_step + i
+            # Every rank draws the same permutation and keeps its slice of each global batch.
+            idx = dist.shard(idx)
             xb = augment_fn(normalize(x[idx]), gen)
             yb = y[idx]
             with amp.autocast():
@@ -228,7 +279,9 @@ def train_one_epoch(
                         f"acc={100.0 * correct.item() / seen:.2f}", refresh=False)
     finally:
         bar.close()
-    return EpochResult(loss_sum.item() / seen, 100.0 * correct.item() / seen, len(batches))
+    loss_sum, correct, n_seen = dist.sum(loss_sum, correct, torch.tensor(seen))
+    return EpochResult(loss_sum.item() / n_seen.item(), 100.0 * correct.item() / n_seen.item(),
+                       len(batches))
 
 
 def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> None:
@@ -277,17 +330,20 @@ def evaluate(
     amp: Amp,
     keep_outputs: bool = False,
     tta: str = "none",
+    dist: Dist = Dist(),
 ) -> EvalResult:
     """Loss and accuracy of ``model`` on uint8 ``x``, without augmentation, or with test-time
     augmentation ``tta`` (see :data:`TTA`) averaging the logits of several views. Outputs
     stay on the CPU."""
     if len(x) == 0:
         return EvalResult(float("nan"), float("nan"), 0)
+    if keep_outputs and dist.world > 1:
+        raise ValueError("keep_outputs needs the whole set in one process")
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
     preds, probs, losses = [], [], []
-    for idx in torch.arange(len(x), device=x.device).split(batch_size):
+    for idx in dist.shard(torch.arange(len(x), device=x.device)).split(batch_size):
         xb, yb = normalize(x[idx]), y[idx]
         with amp.autocast():
             logits = torch.stack([model(v).float() for v in TTA[tta](xb)]).mean(0)
@@ -300,6 +356,9 @@ def evaluate(
             probs.append(logits.softmax(1).cpu())
             losses.append(per.cpu())
     model.train(was_training)
+    if dist.world > 1:
+        loss_sum, correct = (t.item() for t in dist.sum(torch.tensor(loss_sum, device=x.device),
+                                                         torch.tensor(correct, device=x.device)))
     res = EvalResult(loss_sum / len(x), 100.0 * correct / len(x), len(x))
     if keep_outputs:
         res.preds, res.probs, res.losses = torch.cat(preds), torch.cat(probs), torch.cat(losses)
@@ -361,6 +420,12 @@ class Session:
     params: int
     steps_per_epoch: int
     ema: Ema | None = None
+    net: nn.Module | None = None  # what the training step calls: DDP / compiled wrapper
+    dist: Dist = field(default_factory=Dist)
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
 
     @property
     def eval_model(self) -> nn.Module:
@@ -370,8 +435,11 @@ class Session:
 
 def build_session(cfg: Config, data_root: Path | None = None,
                   splits: Splits | None = None) -> Session:
-    """Load data, build model/optimizer/scheduler on the chosen device (no files written)."""
-    device = resolve_device(cfg.train.device)
+    """Load data, build model/optimizer/scheduler on the chosen device (no files written).
+
+    Under torchrun, joins the process group first; every rank builds the same session."""
+    dist, rank_device = init_distributed(cfg.train.device)
+    device = rank_device or resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     splits = splits if splits is not None else load_splits(cfg.data, data_root)
@@ -395,8 +463,25 @@ def build_session(cfg: Config, data_root: Path | None = None,
         "test": (splits.test_x.to(device), splits.test_y.to(device)),
     }
     ema = Ema(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    net = _wrap(model, cfg, dist, device)
     return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, data,
-                   params, steps, ema)
+                   params, steps, ema, net, dist)
+
+
+def _wrap(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn.Module:
+    """The module the training step calls: DDP across ranks, torch.compile on request.
+
+    The optimizer, checkpoints and evaluation keep using the plain ``model`` (the same
+    parameters), so state dicts never carry a ``module.`` prefix."""
+    net = model
+    if dist.world > 1:
+        if cfg.train.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    return net
 
 
 def checkpoint_state(s: Session, epoch: int, best: dict) -> dict:
@@ -550,73 +635,94 @@ def _print_epoch(row: dict, n: dict[str, int]) -> None:
 
 def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = None,
         wall_before: float = 0.0, on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train epochs ``start_epoch+1 .. cfg.train.epochs``, writing metrics and checkpoints.
+    """Train epochs ``start_epoch+1 .. cfg.train.epochs``, writing metrics and checkpoints
+    (rank 0 only, under torchrun).
 
     Returns the final summary. On a TrainingError the summary records it (status "failed")
     and the error is re-raised; ``last.pt`` then still holds the last good epoch.
     """
-    cfg, best = s.cfg, dict(best or {})
+    cfg, best, main = s.cfg, dict(best or {}), s.dist.main
     t0 = time.time() - wall_before
     dyn = (DynamicsLogger(s.model, run_dir / "dynamics.csv", cfg.log.dynamics_every)
-           if cfg.log.dynamics_every > 0 else None)
+           if cfg.log.dynamics_every > 0 and main else None)
     last = None
-    xs, ys = s.data["train"]
-    aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
     try:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-            te = time.time()
-            lr = current_lr(s.optimizer)
-            gen = epoch_generator(cfg.train.seed, epoch, s.device)
-            tr = train_one_epoch(
-                s.model, xs, ys, optimizer=s.optimizer, stepper=s.stepper,
-                normalize=s.normalize, augment_fn=aug, gen=gen,
-                batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
-                global_step=(epoch - 1) * s.steps_per_epoch,
-                label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
-                dynamics=dyn, ema=s.ema, progress=cfg.train.progress)
-            ev = {k: evaluate(s.eval_model, *s.data[k], normalize=s.normalize,
-                              batch_size=cfg.train.eval_batch_size, amp=s.amp,
-                              tta=cfg.train.tta)
-                  for k in ("val", "test")}
-            row = {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
-                   "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,
-                   "test_loss": ev["test"].loss, "test_acc": ev["test"].acc,
-                   "seconds": time.time() - te}
+            row = _train_and_evaluate(s, epoch, dyn)
             # Only train/val metrics reach the scheduler: the test set drives no decision.
             s.stepper.after_epoch({k: row[k] for k in ("train_loss", "val_loss", "val_acc")})
-            best = _update_best(best, row)
-            if dyn is not None:
-                dyn.flush()
-            _io.save_checkpoint(run_dir / "last.pt", checkpoint_state(s, epoch, best))
-            append_metrics(run_dir / "metrics.csv", row)
-            last = row
-            _print_epoch(row, {k: len(v[0]) for k, v in s.data.items()})
-            _io.write_json(run_dir / "summary.json",
-                           _summary(s, run_dir, "running", best, last, time.time() - t0))
+            best, last = _update_best(best, row), row
+            if main:
+                _record_epoch(s, run_dir, row, best, dyn, time.time() - t0)
             if on_epoch is not None:
                 on_epoch(row)
     except TrainingError as e:
-        rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
-        _io.write_json(run_dir / "summary.json", _summary(
-            s, run_dir, "failed", best, rows[-1] if rows else None, time.time() - t0, str(e)))
+        if main:
+            rows = read_metrics(run_dir / "metrics.csv") \
+                if (run_dir / "metrics.csv").exists() else []
+            _io.write_json(run_dir / "summary.json", _summary(
+                s, run_dir, "failed", best, rows[-1] if rows else None, time.time() - t0,
+                str(e)))
         raise
     finally:
         if dyn is not None:
             dyn.close()
-    if last is None:  # resumed a finished run
-        rows = read_metrics(run_dir / "metrics.csv")
-        last = rows[-1] if rows else None
+    if last is None and (run_dir / "metrics.csv").exists():  # resumed a finished run
+        last = read_metrics(run_dir / "metrics.csv")[-1]
     summary = _summary(s, run_dir, "finished", best, last, time.time() - t0)
-    _io.write_json(run_dir / "summary.json", summary)
+    if main:
+        _io.write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None) -> dict:
+    """One epoch of training, then val and test evaluation: the epoch's metrics row."""
+    cfg, te = s.cfg, time.time()
+    lr = current_lr(s.optimizer)
+    aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
+    tr = train_one_epoch(
+        s.net, *s.data["train"], optimizer=s.optimizer, stepper=s.stepper,
+        normalize=s.normalize, augment_fn=aug,
+        gen=epoch_generator(cfg.train.seed, epoch, s.device),
+        batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
+        global_step=(epoch - 1) * s.steps_per_epoch,
+        label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
+        dynamics=dyn, ema=s.ema, dist=s.dist, progress=cfg.train.progress and s.dist.main)
+    ev = {k: evaluate(s.eval_model, *s.data[k], normalize=s.normalize,
+                      batch_size=cfg.train.eval_batch_size, amp=s.amp, tta=cfg.train.tta,
+                      dist=s.dist)
+          for k in ("val", "test")}
+    return {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
+            "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,
+            "test_loss": ev["test"].loss, "test_acc": ev["test"].acc,
+            "seconds": time.time() - te}
+
+
+def _record_epoch(s: Session, run_dir: Path, row: dict, best: dict,
+                  dyn: DynamicsLogger | None, wall: float) -> None:
+    """The metrics row first, then the checkpoint. A crash in between leaves a row newer than
+    the checkpoint; resume drops it and recomputes that epoch (identically), so no row is ever
+    lost or duplicated."""
+    if dyn is not None:
+        dyn.flush()
+    append_metrics(run_dir / "metrics.csv", row)
+    _io.save_checkpoint(run_dir / "last.pt", checkpoint_state(s, row["epoch"], best))
+    _print_epoch(row, {k: len(v[0]) for k, v in s.data.items()})
+    _io.write_json(run_dir / "summary.json", _summary(s, run_dir, "running", best, row, wall))
 
 
 def start_run(cfg: Config, out: Path, data_root: Path | None = None) -> tuple[Session, Path]:
     """Build the session (all checks that can fail happen here), then create the run folder."""
     s = build_session(cfg, data_root)
-    run_dir = _io.make_run_dir(out, cfg.name)
-    _io.atomic_write_text(run_dir / "config.yaml", config.dump(cfg))
-    _io.write_json(run_dir / "summary.json", _summary(s, run_dir, "running", {}, None, 0.0))
+    run_dir = None
+    if s.dist.main:
+        run_dir = _io.make_run_dir(out, cfg.name)
+        _io.atomic_write_text(run_dir / "config.yaml", config.dump(cfg))
+        _io.write_json(run_dir / "summary.json", _summary(s, run_dir, "running", {}, None, 0.0))
+    if s.dist.world > 1:  # every rank learns rank 0's folder name
+        box = [str(run_dir) if run_dir else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        run_dir = Path(box[0])
     return s, run_dir
 
 
@@ -632,10 +738,12 @@ def resume_run(run_dir: Path, data_root: Path | None = None) -> tuple[Session, i
     epoch, best, wall = 0, {}, 0.0
     if state is not None:
         epoch, best = restore(s, state)
-    _truncate_csv(run_dir / "metrics.csv", lambda r: int(r["epoch"]) <= epoch, METRIC_FIELDS)
-    limit = epoch * s.steps_per_epoch
-    _truncate_csv(run_dir / "dynamics.csv", lambda r: int(r["step"]) < limit,
-                  ["step", "epoch", "layer", "metric", "value"])
+    if s.dist.main:
+        _truncate_csv(run_dir / "metrics.csv", lambda r: int(r["epoch"]) <= epoch,
+                      METRIC_FIELDS)
+        limit = epoch * s.steps_per_epoch
+        _truncate_csv(run_dir / "dynamics.csv", lambda r: int(r["step"]) < limit,
+                      ["step", "epoch", "layer", "metric", "value"])
     if epoch and (run_dir / "metrics.csv").exists():
         wall = sum(r["seconds"] for r in read_metrics(run_dir / "metrics.csv"))
     return s, epoch, best, wall
