@@ -124,3 +124,20 @@ def test_schedule_explains_plateau(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "depends on validation results" in out
     assert {ln.split(",")[2] for ln in out.splitlines() if ln[:1].isdigit()} == {"0.001"}
+
+
+def test_compare_overlays_runs(tmp_path):
+    from classlab.dynamics import plot_compare
+
+    dirs = []
+    for sched in ("onecycle", "step"):
+        cfg = config.load(None, ["data.name=synthetic", "data.synthetic_size=100",
+                                 "model.width=4", "train.epochs=1", "train.batch_size=30",
+                                 "train.progress=false", "log.dynamics_every=1",
+                                 f"sched.name={sched}", f"name={sched}"])
+        s, run_dir = train.start_run(cfg, tmp_path)
+        train.fit(s, run_dir)
+        dirs.append((sched, run_dir))
+    out = plot_compare(dirs, tmp_path / "cmp.png")
+    assert out is not None and out.stat().st_size > 0
+    assert plot_compare([("none", tmp_path / "missing")], tmp_path / "x.png") is None

@@ -113,7 +113,8 @@ def test_cli_train_writes_run_and_bad_config_writes_nothing(tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({"name": "cli"}))
     out = tmp_path / "runs"
-    assert main(["train", str(cfg_file), *TINY[1:], "train.epochs=1", "--out", str(out)]) == 0
+    # overrides are accepted after options too
+    assert main(["train", str(cfg_file), "--out", str(out), *TINY[1:], "train.epochs=1"]) == 0
     assert len(list(out.iterdir())) == 1
     capsys.readouterr()
     assert main(["train", str(cfg_file), "optim.lr=-1", "--out", str(tmp_path / "r2")]) == 2

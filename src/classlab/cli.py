@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every point")
     p.add_argument("--jobs", type=int, default=1, help="points run at once")
     p.add_argument("--print-commands", action="store_true",
-                   help="print one self-contained `classlab train` line per point and exit")
+                   help="print one self-contained shell line per point and exit")
     p.add_argument("--grid-dir", type=Path, default=None,
                    help="grid folder (default: <out>/<grid file name>)")
     _add_data_out(p)
@@ -235,7 +235,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come after options (`classlab train cfg.yaml --out r train.epochs=2`);
+    # argparse stops collecting a positional list at the first option, so gather the rest.
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     args.argv = argv
     from classlab.train import TrainingError
 
@@ -248,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"classlab {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"classlab {args.command}: interrupted (resume with --resume)", file=sys.stderr)
+        how = "rerun the same command" if args.command == "grid" else "classlab train --resume"
+        print(f"classlab {args.command}: interrupted (continue with: {how})", file=sys.stderr)
         return 130
 
 
