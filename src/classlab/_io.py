@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import re
+import stat
 import subprocess
 import tempfile
 from datetime import datetime
@@ -29,9 +32,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     step fails (disk full, permissions) the temporary file is removed and ``path`` is intact.
     """
     path = Path(path)
+    try:  # keep the mode of the file being replaced; a new file gets what open() would give
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            _chmod_fd(f.fileno(), mode)  # mkstemp makes 0600 files: others could not read them
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -43,6 +51,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def _chmod_fd(fd: int, mode: int) -> None:
+    try:
+        os.fchmod(fd, mode)
+    except OSError:  # filesystems without POSIX modes: keep whatever mkstemp gave
+        pass
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,11 +115,24 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle/zip errors have many types; all mean "unreadable"
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and blocked:
+            raise CheckpointError(
+                f"{path}: refusing to load a checkpoint holding a Python object "
+                f"({blocked.group(1)}); only tensors and plain containers are loaded "
+                "(weights_only=True)") from None
         kind = type(e).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupted: {kind})") \
             from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: not a classlab checkpoint (no 'model' entry)")
+    # Every reader (resume, eval, diagnose) needs these; a wrong type would otherwise surface
+    # later as a KeyError/TypeError traceback instead of one line.
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path}: not a classlab checkpoint ('model' is not a state dict)")
+    for key, tp in (("epoch", int), ("config", dict)):
+        if not isinstance(state.get(key), tp):
+            raise CheckpointError(f"{path}: not a classlab checkpoint (no valid {key!r} entry)")
     return state
 
 

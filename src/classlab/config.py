@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,8 @@ class DataConfig:
                      ge=0, unit="images")
     synthetic_size: int = _f(2000, "images per split for the synthetic dataset "
                              "(train; test gets half)", ge=20, unit="images")
-    seed: int = _f(0, "seed of the validation split and subset (independent of train.seed)")
+    seed: int = _f(0, "seed of the validation split and subset (independent of train.seed)",
+                   ge=0, lt=2**32)
 
 
 @dataclass
@@ -127,7 +129,7 @@ class TrainConfig:
     batch_size: int = _f(256, "images per training step (global, across all processes)", ge=1,
                          unit="images")
     eval_batch_size: int = _f(1000, "images per evaluation forward pass", ge=1, unit="images")
-    seed: int = _f(1, "seed of weights init, shuffling and augmentation")
+    seed: int = _f(1, "seed of weights init, shuffling and augmentation", ge=0, lt=2**32)
     device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     precision: str = _f("auto", "autocast dtype; auto = bf16 on CUDA with bf16 support, "
                         "else fp32", choices=["auto", "fp32", "bf16", "fp16"])
@@ -222,6 +224,22 @@ def _type_name(tp: Any) -> str:
     )
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """repr() for error messages: one line, bounded (a YAML alias bomb repr()s to gigabytes)."""
+    return _SHORT.repr(value)
+
+
+def _show_key(key: Any) -> str:
+    """A key as typed, unless it holds line breaks or other unprintable characters."""
+    return key if isinstance(key, str) and key.isprintable() else _show(key)
+
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -245,7 +263,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             value = [v for v in value.split(",") if v]
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_show(value)}")
     return value
 
 
@@ -254,12 +272,12 @@ def _section_from_dict(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         where = prefix.rstrip(".") or "the config"
-        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping of keys, got {_show(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in raw.items():
-        key = f"{prefix}{k}"
+        key = f"{prefix}{_show_key(k)}"
         if not isinstance(k, str) or k not in fields:
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(fields)}")
         tp = hints[k]
@@ -285,7 +303,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r}: expected key.sub=value")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except Exception:  # noqa: BLE001 - YAMLError, or what PyYAML's constructors raise for
+        # '2001-13-45', '!!int', '!!bool x', '!!timestamp x' and deep nesting (ValueError,
+        # IndexError, KeyError, AttributeError, RecursionError): all mean "not a YAML scalar"
         value = text  # e.g. an unbalanced bracket: let the type check report it as a string
     return key.split("."), value
 
@@ -300,7 +320,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(parts[: depth + 1])}: is not a section")
+                raise ConfigError(f"{_show_key('.'.join(parts[: depth + 1]))}: is not a section")
             node = child
         node[parts[-1]] = value
     return raw
@@ -319,6 +339,9 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except Exception as e:  # noqa: BLE001 - PyYAML constructors: '2001-13-45', '!!int', ...
+        raise ConfigError(f"{path}: not valid YAML (a value YAML cannot construct: "
+                          f"{type(e).__name__})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -350,12 +373,12 @@ def _check_field(key: str, value: Any, meta: dict) -> None:
         allowed = _registry_names(choices) if isinstance(choices, str) else list(choices)
         for v in value if isinstance(value, list) else [value]:
             if v not in allowed:
-                raise ConfigError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
+                raise ConfigError(f"{key}: unknown value {_show(v)}; allowed: {', '.join(allowed)}")
     bounds = (("ge", "≥", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
               ("le", "≤", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b))
     for name, sym, ok in bounds:
         if name in meta and not ok(value, meta[name]):
-            raise ConfigError(f"{key}: {value!r} is out of range; must be {sym} {meta[name]}")
+            raise ConfigError(f"{key}: {_show(value)} is out of range; must be {sym} {meta[name]}")
 
 
 def _walk(cfg: Any, prefix: str = ""):
@@ -379,9 +402,8 @@ def validate(cfg: Config) -> None:
             "is 0; allowed: set data.val_split > 0 or sched.monitor=train_loss"
         )
     device = cfg.train.device
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
-                                                  and device[5:].isdigit())):
-        raise ConfigError(f"train.device: unknown value {device!r}; allowed: auto, cpu, cuda, "
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", device)):
+        raise ConfigError(f"train.device: unknown value {_show(device)}; allowed: auto, cpu, cuda, "
                           "cuda:N")
     if not cfg.name or any(c in cfg.name for c in "/\\\0") or cfg.name in (".", ".."):
         raise ConfigError(f"name: {cfg.name!r} cannot be a folder name; allowed: a non-empty "

@@ -11,6 +11,7 @@ momentum / beta1) is recorded at every step. Rows go to a tidy CSV:
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,7 @@ class DynamicsLogger:
 
     def flush(self) -> None:
         self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

@@ -551,6 +551,7 @@ def append_metrics(path: Path, row: dict) -> None:
             w.writeheader()
         w.writerow({k: _fmt(row[k]) for k in METRIC_FIELDS})
         f.flush()
+        os.fsync(f.fileno())  # the row must survive a power cut as well as its checkpoint
 
 
 def _fmt(v: float | int) -> str:
@@ -645,7 +646,7 @@ def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = Non
     t0 = time.time() - wall_before
     dyn = (DynamicsLogger(s.model, run_dir / "dynamics.csv", cfg.log.dynamics_every)
            if cfg.log.dynamics_every > 0 and main else None)
-    last = None
+    last, saved = None, start_epoch  # saved: the epoch last.pt holds
     try:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
             row = _train_and_evaluate(s, epoch, dyn)
@@ -653,16 +654,24 @@ def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = Non
             s.stepper.after_epoch({k: row[k] for k in ("train_loss", "val_loss", "val_acc")})
             best, last = _update_best(best, row), row
             if main:
-                _record_epoch(s, run_dir, row, best, dyn, time.time() - t0)
+                try:
+                    _record_epoch(s, run_dir, row, best, dyn, time.time() - t0)
+                except OSError as e:  # disk full, quota, folder gone: one line, not a traceback
+                    where = f" ({e.filename})" if e.filename else ""
+                    raise TrainingError(f"cannot write epoch {epoch} into {run_dir}: "
+                                        f"{e.strerror or e}{where}; last.pt keeps the last "
+                                        "epoch fully written") from None
+                saved = epoch
             if on_epoch is not None:
                 on_epoch(row)
     except TrainingError as e:
         if main:
-            rows = read_metrics(run_dir / "metrics.csv") \
+            rows = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= saved] \
                 if (run_dir / "metrics.csv").exists() else []
-            _io.write_json(run_dir / "summary.json", _summary(
-                s, run_dir, "failed", best, rows[-1] if rows else None, time.time() - t0,
-                str(e)))
+            with contextlib.suppress(OSError):  # best effort: the disk may be the problem
+                _io.write_json(run_dir / "summary.json", _summary(
+                    s, run_dir, "failed", best, rows[-1] if rows else None, time.time() - t0,
+                    str(e)))
         raise
     finally:
         if dyn is not None:
@@ -739,6 +748,8 @@ def resume_run(run_dir: Path, data_root: Path | None = None) -> tuple[Session, i
     if state is not None:
         epoch, best = restore(s, state)
     if s.dist.main:
+        for tmp in run_dir.glob(".*.tmp"):  # a write killed half-way (SIGKILL, power cut)
+            tmp.unlink(missing_ok=True)
         _truncate_csv(run_dir / "metrics.csv", lambda r: int(r["epoch"]) <= epoch,
                       METRIC_FIELDS)
         limit = epoch * s.steps_per_epoch
