@@ -649,13 +649,15 @@ def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = Non
     last, saved = None, start_epoch  # saved: the epoch last.pt holds
     try:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-            row = _train_and_evaluate(s, epoch, dyn)
+            row, test_eval = _train_and_evaluate(s, epoch, dyn)
             # Only train/val metrics reach the scheduler: the test set drives no decision.
             s.stepper.after_epoch({k: row[k] for k in ("train_loss", "val_loss", "val_acc")})
             best, last = _update_best(best, row), row
             if main:
                 try:
                     _record_epoch(s, run_dir, row, best, dyn, time.time() - t0)
+                    if test_eval.preds is not None:
+                        save_test_outputs(run_dir, epoch, test_eval)
                 except OSError as e:  # disk full, quota, folder gone: one line, not a traceback
                     where = f" ({e.filename})" if e.filename else ""
                     raise TrainingError(f"cannot write epoch {epoch} into {run_dir}: "
@@ -684,8 +686,10 @@ def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = Non
     return summary
 
 
-def _train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None) -> dict:
-    """One epoch of training, then val and test evaluation: the epoch's metrics row."""
+def _train_and_evaluate(s: Session, epoch: int,
+                        dyn: DynamicsLogger | None) -> tuple[dict, EvalResult]:
+    """One epoch of training, then val and test evaluation: the epoch's metrics row, and the
+    test evaluation (with per-image outputs after the last epoch, for diagnose to reuse)."""
     cfg, te = s.cfg, time.time()
     lr = current_lr(s.optimizer)
     aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
@@ -697,14 +701,40 @@ def _train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None) -> d
         global_step=(epoch - 1) * s.steps_per_epoch,
         label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
         dynamics=dyn, ema=s.ema, dist=s.dist, progress=cfg.train.progress and s.dist.main)
+    last = epoch == cfg.train.epochs and s.dist.world == 1
     ev = {k: evaluate(s.eval_model, *s.data[k], normalize=s.normalize,
                       batch_size=cfg.train.eval_batch_size, amp=s.amp, tta=cfg.train.tta,
-                      dist=s.dist)
+                      dist=s.dist, keep_outputs=last and k == "test")
           for k in ("val", "test")}
     return {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
             "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,
             "test_loss": ev["test"].loss, "test_acc": ev["test"].acc,
-            "seconds": time.time() - te}
+            "seconds": time.time() - te}, ev["test"]
+
+
+TEST_OUTPUTS = "test_outputs.pt"
+
+
+def save_test_outputs(run_dir: Path, epoch: int, ev: EvalResult) -> None:
+    """Per-image test outputs of the checkpoint of ``epoch`` (probs [N,K], losses [N]), so
+    that diagnose does not run the whole test set through the model a second time."""
+    _io.save_checkpoint(run_dir / TEST_OUTPUTS, {"epoch": epoch, "probs": ev.probs,
+                                                 "losses": ev.losses})
+
+
+def load_test_outputs(run_dir: Path, epoch: int, n: int) -> EvalResult | None:
+    """The saved outputs when they belong to checkpoint ``epoch`` and ``n`` images, else None."""
+    path = Path(run_dir) / TEST_OUTPUTS
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        probs, losses = state.get("probs"), state.get("losses")
+    except Exception:  # a damaged cache is recomputed, never trusted
+        return None
+    if state.get("epoch") != epoch or probs is None or losses is None or len(probs) != n:
+        return None
+    return EvalResult(float("nan"), float("nan"), n, probs.argmax(1), probs, losses)
 
 
 def _record_epoch(s: Session, run_dir: Path, row: dict, best: dict,

@@ -1,0 +1,77 @@
+# --------------------------------------------------------------------------- tiny trained run
+# A 1-epoch run on the synthetic data (width 4), trained once per test session and shared by
+# every test file that needs a real run folder (config.yaml, metrics.csv, summary.json,
+# last.pt, dynamics.csv). Tests that write into a run folder should work on a copy
+# (fixture ``copy_run``) so the shared one stays as training left it.
+
+import shutil as _shutil
+from pathlib import Path as _Path
+
+import pytest as _pytest
+
+
+def _tiny_config():
+    from classlab import config
+
+    return config.from_dict({
+        "name": "tiny",
+        "data": {"name": "synthetic", "synthetic_size": 300},
+        "model": {"width": 4},
+        # One thread: tiny convolutions gain nothing from two, and OpenMP threads stall
+        # badly when the CPU is shared with other test processes.
+        "train": {"epochs": 1, "batch_size": 64, "progress": False, "device": "cpu",
+                  "threads": 1},
+        "log": {"dynamics_every": 1},
+        "diagnose": {"enabled": False, "count": 6},
+    })
+
+
+@_pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: _pytest.TempPathFactory) -> _Path:
+    """Folder of a finished 1-epoch synthetic run (do not write into it; copy it)."""
+    import torch
+
+    from classlab import train
+
+    threads = torch.get_num_threads()  # train.threads=1 sets it globally; put it back
+    try:
+        s, run_dir = train.start_run(_tiny_config(), tmp_path_factory.mktemp("tiny_runs"))
+        train.fit(s, run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
+def _copy_run(src: _Path, dst_parent: _Path, files: tuple[str, ...] | None = None) -> _Path:
+    """Copy a run folder (all of it, or only ``files``) into ``dst_parent``."""
+    dst = _Path(dst_parent) / src.name
+    if files is None:
+        _shutil.copytree(src, dst)
+    else:
+        dst.mkdir(parents=True)
+        for name in files:
+            if (src / name).exists():
+                _shutil.copy2(src / name, dst / name)
+    return dst
+
+
+@_pytest.fixture
+def copy_run():
+    """``copy_run(run_dir, dst_parent, files=None) -> copy``: a run folder to write into."""
+    return _copy_run
+
+
+@_pytest.fixture(scope="session")
+def tiny_diagnosed(tiny_run: _Path, tmp_path_factory: _pytest.TempPathFactory) -> tuple:
+    """(run folder, result dict) of ``diagnose_run`` on a copy of ``tiny_run``: 6 mistakes,
+    Grad-CAM at layer1..layer4, loaded from last.pt as ``classlab diagnose`` does."""
+    import torch
+
+    from classlab.diagnose import diagnose_run
+
+    run_dir = _copy_run(tiny_run, tmp_path_factory.mktemp("tiny_diagnosed"))
+    threads = torch.get_num_threads()
+    try:
+        return run_dir, diagnose_run(run_dir)
+    finally:
+        torch.set_num_threads(threads)
