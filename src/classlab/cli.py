@@ -1,4 +1,5 @@
-"""Command line: ``classlab train | eval | diagnose | report | grid | table | schedule | config``.
+"""Command line: ``classlab train | eval | diagnose | report | grid | table | schedule | lr-find
+| config``.
 
 Every user-facing failure (bad config, missing data, bad run folder, corrupt checkpoint) ends
 as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed.
@@ -17,7 +18,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 def _add_data_out(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder holding cifar-10-batches-py or cifar-10-batches-bin")
+                   help="data folder, as data.dir: holding cifar-10-batches-py or "
+                   "cifar-10-batches-bin (cifar100: cifar-100-python or cifar-100-binary; "
+                   "imagefolder: train/ and test/ class folders)")
     if out:
         p.add_argument("--out", type=Path, default=Path("runs"), help="where run folders go")
 
@@ -72,6 +75,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="training images per epoch (default: from the config's dataset)")
     p.add_argument("--plot", type=Path, default=Path("schedule.png"))
 
+    p = sub.add_parser("lr-find", help="LR range test: train briefly with an exponentially "
+                       "growing LR, plot the loss and suggest an LR (nothing is kept)")
+    p.add_argument("config", nargs="?", help="YAML config (optional: overrides only)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first LR (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last LR (default 10)")
+    p.add_argument("--plot", type=Path, default=Path("lr_find.png"),
+                   help="plot file; the per-step values go next to it as .csv")
+    _add_data_out(p, out=False)
+
     p = sub.add_parser("config", help="print the config reference, or a resolved config")
     p.add_argument("config", nargs="?")
     p.add_argument("overrides", nargs="*")
@@ -110,13 +124,19 @@ def cmd_train(a: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def _train(a: argparse.Namespace) -> int:
-    from classlab import config, train
-
+def _config_and_overrides(a: argparse.Namespace) -> list[str]:
+    """Overrides, with a first positional ``key=value`` that is not a file moved into them."""
     overrides = list(a.overrides)
     if a.config and "=" in a.config and not Path(a.config).exists():
         overrides.insert(0, a.config)
         a.config = None
+    return overrides
+
+
+def _train(a: argparse.Namespace) -> int:
+    from classlab import config, tblog, train
+
+    overrides = _config_and_overrides(a)
     if a.resume is not None:
         if a.config or overrides:
             raise config.ConfigError("--resume continues a run with its own config.yaml; "
@@ -126,13 +146,15 @@ def _train(a: argparse.Namespace) -> int:
         print(f"Resuming {run_dir} after epoch {epoch}", flush=True)
     else:
         cfg = config.load(a.config, overrides)
+        tblog.check_config(cfg)  # a missing optional package stops before the run folder
         s, run_dir = train.start_run(cfg, a.out, a.data_dir)
         epoch, best, wall = 0, {}, 0.0
     if s.dist.main:
         print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
               f"{s.params:,} params, device {s.device}, precision {s.amp.precision}"
               + (f", {s.dist.world} processes" if s.dist.world > 1 else ""), flush=True)
-    summary = train.fit(s, run_dir, epoch, best, wall)
+    with tblog.epoch_logger(s.cfg, run_dir, start_epoch=epoch, main=s.dist.main) as on_epoch:
+        summary = train.fit(s, run_dir, epoch, best, wall, on_epoch=on_epoch)
     if s.dist.main:
         _print_final(summary)
         if s.cfg.diagnose.enabled:
@@ -203,6 +225,15 @@ def cmd_schedule(a: argparse.Namespace) -> int:
     return schedule.main_schedule(cfg, a.train_images, a.plot)
 
 
+def cmd_lr_find(a: argparse.Namespace) -> int:
+    from classlab import config, lr_find
+
+    overrides = _config_and_overrides(a)
+    cfg = config.load(a.config, overrides)
+    return lr_find.main_lr_find(cfg, a.data_dir, steps=a.steps, start_lr=a.start_lr,
+                                end_lr=a.end_lr, plot=a.plot)
+
+
 def cmd_config(a: argparse.Namespace) -> int:
     from classlab import config
 
@@ -215,7 +246,7 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "report": cmd_report, "grid": cmd_grid, "table": cmd_table,
-            "schedule": cmd_schedule, "config": cmd_config}
+            "schedule": cmd_schedule, "lr-find": cmd_lr_find, "config": cmd_config}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

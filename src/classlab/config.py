@@ -40,12 +40,16 @@ def _f(default: Any, help: str, **checks: Any) -> Any:
 class DataConfig:
     name: str = _f("cifar10", "dataset", choices="datasets")
     dir: str = _f("", "folder holding cifar-10-batches-py and/or cifar-10-batches-bin "
-                  "(empty: $CLASSLAB_DATA or ~/.cache/classlab); --data-dir overrides it")
+                  "(cifar100: cifar-100-python and/or cifar-100-binary; imagefolder: "
+                  "train/<class>/, test/<class>/, optional val/<class>/) (empty: "
+                  "$CLASSLAB_DATA or ~/.cache/classlab); --data-dir overrides it")
     download: bool = _f(False, "download the official archive when the data is absent")
     url: str = _f("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                  "where data.download fetches the archive from")
+                  "where data.download fetches the archive from (cifar100 fetches the "
+                  "CIFAR-100 archive while this is left at the CIFAR-10 default)")
     val_split: float = _f(0.1, "fraction of the training set held out, stratified, for "
-                          "validation (0.1 = 5,000 CIFAR-10 images); 0 disables it",
+                          "validation (0.1 = 5,000 CIFAR-10 images); 0 disables it; "
+                          "imagefolder uses its val/ folder instead when there is one",
                           ge=0.0, lt=1.0, unit="fraction")
     subset: int = _f(0, "train on a stratified subset of this many images (0: all)",
                      ge=0, unit="images")
@@ -53,6 +57,12 @@ class DataConfig:
                              "(train; test gets half)", ge=20, unit="images")
     seed: int = _f(0, "seed of the validation split and subset (independent of train.seed)",
                    ge=0, lt=2**32)
+    image_size: int = _f(32, "imagefolder: side of the square images every picture is "
+                         "brought to (see data.resize)", ge=8, unit="pixels")
+    resize: str = _f("resize", "imagefolder: resize = scale to image_size x image_size "
+                     "(aspect ratio not kept); center_crop = scale the shorter side to "
+                     "image_size, then keep the central square",
+                     choices=["resize", "center_crop"])
 
 
 @dataclass
@@ -152,6 +162,9 @@ class TrainConfig:
 class LogConfig:
     dynamics_every: int = _f(50, "log per-layer gradient norms and update/weight ratios every "
                              "N steps (0: off)", ge=0, unit="steps")
+    tensorboard: bool = _f(False, "also write TensorBoard event files (train/val/test loss "
+                           "and acc, lr; one point per epoch) into <run>/tensorboard/; needs "
+                           "the tensorboard package")
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""Datasets: CIFAR-10 (binary or Python pickles, optional download) and a synthetic stand-in.
+"""Datasets: CIFAR-10 and CIFAR-100 (binary or Python pickles, optional download), your own
+pictures in class folders (``imagefolder``) and a synthetic stand-in.
 
-Everything is held in memory as uint8 tensors ``[N, 3, 32, 32]`` with int64 labels; the
-trainer normalises with the train split's per-channel ``mean``/``std``. Loading is
-deterministic: the validation split and the subset are stratified and seeded by
-``data.seed`` only, so the same config always yields identical tensors.
+Everything is held in memory as uint8 tensors ``[N, 3, H, W]`` (32x32 except imagefolder's
+``data.image_size``) with int64 labels; the trainer normalises with the train split's
+per-channel ``mean``/``std``. Loading is deterministic: the validation split and the subset
+are stratified and seeded by ``data.seed`` only, so the same config always yields identical
+tensors.
 
 Every failure a user can cause (missing or corrupted files, a bad download, an unsafe
 archive) is raised as :class:`DataError` with a one-line message naming the file or URL.
@@ -65,6 +67,9 @@ _REDOWNLOAD = "delete it and download again"
 
 # (x_train uint8 [N,3,32,32], y_train int64 [N], x_test, y_test, class names)
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+# ... followed by (x_val, y_val): a dataset that comes with its own validation split
+ArraysWithVal = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str],
+                      torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -186,14 +191,14 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"{module}.{name} is not allowed") from None
 
 
-def _unpickle(path: Path, buf: bytes) -> dict:
+def _unpickle(path: Path, buf: bytes, what: str = "CIFAR-10") -> dict:
     try:
         obj = _ArrayUnpickler(io.BytesIO(buf), encoding="bytes").load()
     except Exception as e:  # any malformed pickle: report the file, one line
-        raise DataError(f"{path}: not a CIFAR-10 pickle ({type(e).__name__}); {_REDOWNLOAD}"
+        raise DataError(f"{path}: not a {what} pickle ({type(e).__name__}); {_REDOWNLOAD}"
                         ) from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: not a CIFAR-10 pickle (no dict inside); {_REDOWNLOAD}")
+        raise DataError(f"{path}: not a {what} pickle (no dict inside); {_REDOWNLOAD}")
     return obj
 
 
@@ -281,7 +286,23 @@ def download_cifar10(
     file_md5s: dict[str, str] = CIFAR10_PY_MD5S,
     timeout: float = 60,
 ) -> Path:
-    """Download and unpack the Python CIFAR-10 archive into ``root/cifar-10-batches-py``.
+    """Download and unpack the Python CIFAR-10 archive into ``root/cifar-10-batches-py``
+    (see :func:`download_release`)."""
+    return download_release(root, url, folder=PY_FOLDER, archive_md5=archive_md5,
+                            file_md5s=file_md5s, timeout=timeout, tag="cifar10")
+
+
+def download_release(
+    root: Path,
+    url: str,
+    *,
+    folder: str,
+    archive_md5: str,
+    file_md5s: Mapping[str, str],
+    timeout: float = 60,
+    tag: str = "data",
+) -> Path:
+    """Download a ``.tar.gz`` release holding ``folder/`` and unpack it into ``root/folder``.
 
     The archive goes to a temp file inside ``root`` and is checked against ``archive_md5``;
     it is unpacked into a temp folder inside ``root``, each batch is checked against
@@ -291,7 +312,7 @@ def download_cifar10(
     network operation. Returns the data folder.
     """
     root = Path(root)
-    final = root / PY_FOLDER
+    final = root / folder
     if final.exists():
         raise DataError(f"{final} already exists; delete it to download again")
     created_root = not root.exists()
@@ -304,14 +325,14 @@ def download_cifar10(
     ok = False
     try:
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=".cifar10-", suffix=".tar.gz.part", dir=root)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{tag}-", suffix=".tar.gz.part", dir=root)
         except OSError as e:
             raise DataError(f"cannot write into {root}: {e.strerror or e}") from None
         tmp_archive = Path(tmp_name)
         digest = hashlib.md5()
         try:
             with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-                while chunk := r.read(1 << 20):  # 1 MiB at a time: ~170 MB archive
+                while chunk := r.read(1 << 20):  # 1 MiB at a time: ~170 MB archives
                     digest.update(chunk)
                     f.write(chunk)
         except urllib.error.HTTPError as e:
@@ -325,15 +346,15 @@ def download_cifar10(
         if got != archive_md5:
             raise DataError(f"{url}: archive checksum mismatch (got {got}, expected "
                             f"{archive_md5}); download interrupted or wrong file")
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".cifar10-extract-", dir=root))
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{tag}-extract-", dir=root))
         try:
             with tarfile.open(tmp_archive, "r:gz") as tar:
                 safe_extract(tar, tmp_dir)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise DataError(f"{url}: cannot unpack the archive: {e}") from None
-        unpacked = tmp_dir / PY_FOLDER
+        unpacked = tmp_dir / folder
         if not unpacked.is_dir():
-            raise DataError(f"{url}: the archive holds no {PY_FOLDER} folder")
+            raise DataError(f"{url}: the archive holds no {folder} folder")
         for name in file_md5s:
             _read_checked(unpacked / name, file_md5s)
         try:
@@ -426,7 +447,9 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> Arrays:
             torch.from_numpy(y_te), classes)
 
 
-DATASETS: dict[str, Callable[[DataConfig, Path], Arrays]] = {
+# name -> loader(cfg, root); more entries (cifar100, imagefolder) are added at the end of
+# this file. A loader returns Arrays, or ArraysWithVal to supply the validation split itself.
+DATASETS: dict[str, Callable[[DataConfig, Path], Arrays | ArraysWithVal]] = {
     "cifar10": _load_cifar10,
     "synthetic": _load_synthetic,
 }
@@ -485,21 +508,29 @@ def load_splits(cfg: DataConfig, root: Path | None = None) -> Splits:
     split holds ``round(cfg.val_split * N_train)`` images, stratified by class and seeded by
     ``cfg.seed``; then ``cfg.subset > 0`` keeps a stratified, seeded subset of the remaining
     train images. Train and validation keep the original relative order; test is untouched.
+    A loader that returns its own validation split (:data:`ArraysWithVal`, e.g. imagefolder
+    with a ``val/`` folder) gets that one instead, and ``cfg.val_split`` is not used.
     """
     if root is None:
         root = Path(cfg.dir).expanduser() if cfg.dir else default_data_dir()
     loader = DATASETS.get(cfg.name)
     if loader is None:
         raise DataError(f"unknown dataset {cfg.name!r}; allowed: {', '.join(sorted(DATASETS))}")
-    x, y, test_x, test_y, classes = loader(cfg, Path(root))
+    loaded = loader(cfg, Path(root))
+    x, y, test_x, test_y, classes = loaded[:5]
+    given_val = loaded[5:7] if len(loaded) == 7 else None  # e.g. imagefolder's val/ folder
 
     y_np = y.numpy()
     n = len(y_np)
-    n_val = round(cfg.val_split * n)
-    if n_val >= n:
-        raise DataError(f"data.val_split={cfg.val_split} leaves no training images out of {n}")
-    # Independent streams for the val split and the subset, both from data.seed only.
-    val_idx = _stratified_pick(y_np, n_val, np.random.default_rng([cfg.seed, 0]))
+    if given_val is not None:  # the dataset brings its own validation split: carve nothing
+        val_idx = np.zeros(0, dtype=np.int64)
+    else:
+        n_val = round(cfg.val_split * n)
+        if n_val >= n:
+            raise DataError(f"data.val_split={cfg.val_split} leaves no training images out "
+                            f"of {n}")
+        # Independent streams for the val split and the subset, both from data.seed only.
+        val_idx = _stratified_pick(y_np, n_val, np.random.default_rng([cfg.seed, 0]))
     keep = np.ones(n, dtype=bool)
     keep[val_idx] = False
     train_idx = np.flatnonzero(keep)
@@ -512,6 +543,250 @@ def load_splits(cfg: DataConfig, root: Path | None = None) -> Splits:
 
     ti, vi = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     train_x = x[ti]
+    val_x, val_y = given_val if given_val is not None else (x[vi], y[vi])
     mean, std = _mean_std(train_x)
-    return Splits(train_x=train_x, train_y=y[ti], val_x=x[vi], val_y=y[vi],
+    return Splits(train_x=train_x, train_y=y[ti], val_x=val_x, val_y=val_y,
                   test_x=test_x, test_y=test_y, classes=list(classes), mean=mean, std=std)
+
+
+# =========================================================================== more datasets
+# CIFAR-100 (the same two releases as CIFAR-10) and "imagefolder" (your own pictures).
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+CIFAR100_PY_MD5S: dict[str, str] = {  # published (torchvision's table)
+    "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+}
+CIFAR100_ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # cifar-100-python.tar.gz
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+# No per-file MD5s are published for the binary release (only for its archive), so its two
+# files are checked by exact size (whole records, and this many) and label ranges instead.
+CIFAR100_BIN_RECORDS: dict[str, int] = {"train.bin": 50_000, "test.bin": 10_000}
+C100_PY_FOLDER = "cifar-100-python"
+C100_BIN_FOLDER = "cifar-100-binary"
+_C100_COARSE = 20  # superclasses; the labels used here are the 100 fine ones
+
+
+def _cifar10_default_url() -> str:
+    return DataConfig().url
+
+
+def read_cifar100_py(folder: Path, md5s: Mapping[str, str] | None = None) -> Arrays:
+    """Read the Python CIFAR-100 release (``cifar-100-python``): pickled dicts ``train`` and
+    ``test`` with ``b"data"`` (uint8 ``[n, 3072]``, CIFAR-10's R/G/B plane layout) and
+    ``b"fine_labels"``; ``meta`` holds ``b"fine_label_names"``. ``md5s`` defaults to
+    :data:`CIFAR100_PY_MD5S`. Labels are the 100 fine classes."""
+    folder = Path(folder)
+    md5s = CIFAR100_PY_MD5S if md5s is None else md5s
+    meta_path = folder / "meta"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: missing; {_REDOWNLOAD}")
+    meta = _unpickle(meta_path, meta_path.read_bytes(), "CIFAR-100")
+    try:
+        classes = [n.decode() if isinstance(n, bytes) else str(n)
+                   for n in meta[b"fine_label_names"]]
+    except (KeyError, TypeError, UnicodeDecodeError):
+        raise DataError(f"{meta_path}: no fine_label_names in it; {_REDOWNLOAD}") from None
+    if not classes:
+        raise DataError(f"{meta_path}: no class names in it; {_REDOWNLOAD}")
+
+    def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        path = folder / name
+        d = _unpickle(path, _read_checked(path, md5s), "CIFAR-100")
+        try:
+            x = np.asarray(d[b"data"])
+            y = np.asarray(d[b"fine_labels"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: no data/fine_labels in it; {_REDOWNLOAD}") from None
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != _IMG or y.shape != x.shape[:1]:
+            raise DataError(f"{path}: unexpected data {x.dtype}{list(x.shape)} with "
+                            f"{y.size} labels; {_REDOWNLOAD}")
+        _check_labels(path, y, len(classes))
+        return _to_tensors([x], [y])
+
+    x_train, y_train = split("train")
+    x_test, y_test = split("test")
+    return x_train, y_train, x_test, y_test, classes
+
+
+def read_cifar100_bin(folder: Path, records: Mapping[str, int] | None = None) -> Arrays:
+    """Read the binary CIFAR-100 release (``cifar-100-binary``): ``train.bin`` and
+    ``test.bin`` of 3074-byte records (coarse label byte, fine label byte, then the image as
+    in CIFAR-10), class names in ``fine_label_names.txt``. ``records`` maps file names to
+    the expected record counts (default :data:`CIFAR100_BIN_RECORDS`)."""
+    folder = Path(folder)
+    records = CIFAR100_BIN_RECORDS if records is None else records
+    meta = folder / "fine_label_names.txt"
+    try:
+        classes = [line.strip() for line in meta.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{meta}: cannot read class names: {getattr(e, 'strerror', None) or e}"
+                        ) from None
+    if not classes:
+        raise DataError(f"{meta}: no class names in it")
+    size = 2 + _IMG
+
+    def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing; {_REDOWNLOAD}")
+        try:
+            buf = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+        expected = records[name] * size
+        if len(buf) != expected:
+            raise DataError(f"{path}: wrong size {len(buf)} bytes, expected {expected} "
+                            f"({records[name]} records of {size} bytes); {_REDOWNLOAD}")
+        rec = np.frombuffer(buf, dtype=np.uint8).reshape(-1, size)
+        _check_labels(path, rec[:, 0].astype(np.int64), _C100_COARSE)
+        y = rec[:, 1].astype(np.int64)
+        _check_labels(path, y, len(classes))
+        return _to_tensors([rec[:, 2:]], [y])
+
+    x_train, y_train = split("train.bin")
+    x_test, y_test = split("test.bin")
+    return x_train, y_train, x_test, y_test, classes
+
+
+def download_cifar100(
+    root: Path,
+    url: str = CIFAR100_URL,
+    *,
+    archive_md5: str | None = None,
+    file_md5s: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> Path:
+    """Download and unpack the Python CIFAR-100 archive into ``root/cifar-100-python``
+    (see :func:`download_release`); MD5s default to the published ones."""
+    return download_release(
+        root, url, folder=C100_PY_FOLDER,
+        archive_md5=CIFAR100_ARCHIVE_MD5 if archive_md5 is None else archive_md5,
+        file_md5s=CIFAR100_PY_MD5S if file_md5s is None else file_md5s, timeout=timeout,
+        tag="cifar100")
+
+
+def _load_cifar100(cfg: DataConfig, root: Path) -> Arrays:
+    if root.name in (C100_PY_FOLDER, C100_BIN_FOLDER) and root.is_dir():
+        root = root.parent
+    py, bn = root / C100_PY_FOLDER, root / C100_BIN_FOLDER
+    if py.is_dir():
+        return read_cifar100_py(py)
+    if bn.is_dir():
+        return read_cifar100_bin(bn)
+    if cfg.download:
+        # data.url defaults to CIFAR-10's archive; left at that default, fetch CIFAR-100's.
+        url = CIFAR100_URL if cfg.url == _cifar10_default_url() else cfg.url
+        return read_cifar100_py(download_cifar100(root, url))
+    raise DataError(f"no CIFAR-100 under {root}: expected {py} or {bn}; pass --data-dir, or "
+                    "set data.download=true")
+
+
+# --------------------------------------------------------------------------- imagefolder
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_LAYOUT = "expected <dir>/train/<class>/*.png|jpg, <dir>/test/<class>/*, optional <dir>/val/"
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
+
+
+def read_image(path: Path, size: int, mode: str = "resize") -> np.ndarray:
+    """One picture as uint8 ``[size, size, 3]`` RGB, loaded with Pillow (EXIF orientation
+    applied; palette, grey and alpha images converted to RGB).
+
+    ``mode``: ``resize`` scales to ``size x size`` (aspect ratio not kept);
+    ``center_crop`` scales the shorter side to ``size`` (aspect kept), then keeps the
+    central ``size x size`` square. Both resample bilinearly (antialiased when shrinking).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as f:
+            img = ImageOps.exif_transpose(f).convert("RGB")
+        w, h = img.size
+        if mode == "center_crop":
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            left, top = (nw - size) // 2, (nh - size) // 2
+            img = img.resize((nw, nh), Image.Resampling.BILINEAR).crop(
+                (left, top, left + size, top + size))
+        elif mode == "resize":
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        else:
+            raise DataError(f"data.resize: unknown value {mode!r}; allowed: resize, "
+                            "center_crop")
+        arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read the image: {e}") from None
+    if arr.shape != (size, size, 3):  # pragma: no cover - Pillow always gives this
+        raise DataError(f"{path}: unexpected image shape {arr.shape}")
+    return arr
+
+
+def _read_split(split_dir: Path, classes: list[str], size: int, mode: str,
+                root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of ``split_dir/<class>/``, as uint8 ``[N,3,size,size]`` and labels."""
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[tuple[Path, int]] = []
+    for d in _visible_dirs(split_dir):
+        if d.name not in index:
+            raise DataError(f"{d}: class {d.name!r} is not in {root / 'train'} (train classes: "
+                            f"{', '.join(classes)})")
+        found = _image_files(d)
+        if split_dir.name == "train" and not found:
+            raise DataError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        files += [(p, index[d.name]) for p in found]
+    if not files:
+        raise DataError(f"{split_dir}: no images in class folders; {_LAYOUT}")
+    x = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, (p, _) in enumerate(files):
+        x[i] = read_image(p, size, mode)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    return (torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
+            torch.from_numpy(y))
+
+
+def read_image_folder(root: Path, size: int = 32,
+                      mode: str = "resize") -> Arrays | ArraysWithVal:
+    """Read ``root/train/<class>/*``, ``root/test/<class>/*`` and, when present,
+    ``root/val/<class>/*``. Classes are the sorted folder names under ``train/`` (the same
+    label numbers for every split); a test or val class missing from train is an error, a
+    split may lack some classes. Files are read in name order; other files and hidden
+    entries are ignored. Returns :data:`Arrays`, or :data:`ArraysWithVal` with a ``val/``."""
+    root = Path(root)
+    train_dir, test_dir, val_dir = root / "train", root / "test", root / "val"
+    for d in (train_dir, test_dir):
+        if not d.is_dir():
+            raise DataError(f"{d}: missing; {_LAYOUT}")
+    classes = [d.name for d in _visible_dirs(train_dir)]
+    if not classes:
+        raise DataError(f"{train_dir}: no class folders; {_LAYOUT}")
+    try:
+        from PIL import Image  # noqa: F401
+    except ImportError:
+        raise DataError("data.name=imagefolder needs Pillow: pip install pillow") from None
+    x_train, y_train = _read_split(train_dir, classes, size, mode, root)
+    x_test, y_test = _read_split(test_dir, classes, size, mode, root)
+    if not val_dir.is_dir():
+        return x_train, y_train, x_test, y_test, classes
+    x_val, y_val = _read_split(val_dir, classes, size, mode, root)
+    return x_train, y_train, x_test, y_test, classes, x_val, y_val
+
+
+def _load_imagefolder(cfg: DataConfig, root: Path) -> Arrays | ArraysWithVal:
+    return read_image_folder(root, cfg.image_size, cfg.resize)
+
+
+DATASETS.update({
+    "cifar100": _load_cifar100,
+    "imagefolder": _load_imagefolder,
+})

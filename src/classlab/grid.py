@@ -290,7 +290,7 @@ def run_point(point_dir: str | Path, data_root: Path | None = None) -> dict:
     Any exception is recorded in summary.json (status "failed" plus a one-line error) and
     re-raised; KeyboardInterrupt is not, so an interrupted point stays "running".
     """
-    from classlab import train
+    from classlab import tblog, train
 
     point_dir = Path(point_dir)
     if not (point_dir / "config.yaml").is_file():
@@ -307,7 +307,9 @@ def run_point(point_dir: str | Path, data_root: Path | None = None) -> dict:
               + (f" after epoch {epoch}" if epoch else "") + f": {s.cfg.model.name}/"
               f"{s.cfg.model.norm}, {s.params:,} params, device {s.device}, precision "
               f"{s.amp.precision}", flush=True)
-        summary = train.fit(s, point_dir, epoch, best, wall)
+        with tblog.epoch_logger(s.cfg, point_dir, start_epoch=epoch,
+                                main=s.dist.main) as on_epoch:
+            summary = train.fit(s, point_dir, epoch, best, wall, on_epoch=on_epoch)
     except Exception as e:
         record_failure(point_dir, error_line(e))
         raise

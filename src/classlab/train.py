@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classlab import _io, config
+from classlab.api import make_callable
 from classlab.augment import augment, make_generator
 from classlab.config import Config
 from classlab.data import Splits, load_splits
@@ -803,3 +804,8 @@ def session_from_run(run_dir: Path, data_root: Path | None = None,
     s.model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     s.ema = None
     return s, state
+
+
+# ``classlab.train(...)`` is the notebook API (classlab.api.train). This module keeps its name
+# and everything in it; it is only made callable, whichever way it was imported.
+make_callable(sys.modules[__name__])
