@@ -1,0 +1,151 @@
+"""The fast recipe: ``fastnet`` (airbench-like) and experiments/fast*.yaml.
+
+Everything here runs on the CPU in a few seconds: tiny widths, synthetic data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from classlab import config, train
+from classlab.config import ModelConfig
+from classlab.diagnose import compute_cams
+from classlab.models import MODELS, NORMS, FastNet, build_model, count_params
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_CONFIGS = sorted((ROOT / "experiments").glob("fast*.yaml"))
+
+
+def _correlated_images(n: int, seed: int = 0) -> torch.Tensor:
+    """``[n,3,32,32]`` float images whose 2x2 patches are strongly correlated (smooth,
+    colour-mixed noise), the case whitening is for; unit-ish per-channel scale."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 3, 34, 34, generator=g)
+    smooth = F.avg_pool2d(base, 3, stride=1)  # [n,3,32,32]: neighbouring pixels correlated
+    mix = torch.tensor([[1.0, 0.6, 0.3], [0.5, 1.0, 0.5], [0.2, 0.6, 1.0]])
+    x = torch.einsum("ij,njhw->nihw", mix, smooth) + 0.3  # channels correlated, mean != 0
+    return x / x.std()
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_fastnet_forward_backward_finite(norm: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="fastnet", norm=norm, width=8, gn_groups=4), 10)
+    x = torch.randn(6, 3, 32, 32)
+    model.init_from_data(x)
+    out = model(x)
+    assert out.shape == (6, 10)
+    out.logsumexp(1).mean().backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all(), name
+        else:  # frozen: the whitening conv and the norms' scales
+            assert p.grad is None, name
+            assert name.startswith("whiten.") or name.endswith("norm1.weight") \
+                or name.endswith("norm2.weight"), name
+
+
+def test_fastnet_registered_with_width_scaling() -> None:
+    assert "fastnet" in MODELS
+    shapes: dict[str, tuple[int, ...]] = {}
+    model = build_model(ModelConfig(name="fastnet", width=8), 10).eval()
+    hooks = [getattr(model, n).register_forward_hook(
+        lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
+        for n in ("whiten", "block1", "block2", "block3")]
+    model(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert shapes == {"whiten": (2, 24, 31, 31), "block1": (2, 8, 15, 15),
+                      "block2": (2, 32, 7, 7), "block3": (2, 32, 3, 3)}
+    # trainable: conv weights, the norms' biases and the linear head (no norm scales)
+    w = 8
+    convs = 24 * w * 9 + w * w * 9 + w * 4 * w * 9 + 3 * (4 * w) ** 2 * 9
+    assert count_params(model) == convs + 2 * (w + 4 * w + 4 * w) + 4 * w * 10
+
+
+def test_init_from_data_whitens_patches() -> None:
+    """Over the 2x2 patches of the data, the first 12 whitening channels have mean 0 and
+    covariance diag(l / (l + eps)) (identity up to the eps regulariser); the other 12 are
+    their negatives."""
+    x = _correlated_images(60)
+    model = FastNet(10, torch.nn.BatchNorm2d, width=8)
+    model.init_from_data(x)
+    with torch.no_grad():
+        z = model.whiten(x).double()  # [N,24,31,31], before the GELU
+    z = z.permute(0, 2, 3, 1).reshape(-1, 24)  # one row per patch
+    first, second = z[:, :12], z[:, 12:]
+    torch.testing.assert_close(second, -first)
+    assert first.mean(0).abs().max() < 1e-4
+    cov = torch.cov(first.T, correction=0)  # [12,12]
+    off = cov - torch.diag(torch.diag(cov))
+    assert off.abs().max() < 1e-4  # decorrelated
+    # diagonal = l / (l + eps): every eigenvalue of this data is >> eps, so ~1
+    patches = F.unfold(x, 2).transpose(1, 2).reshape(-1, 12).double()
+    eig = torch.linalg.eigvalsh(torch.cov(patches.T, correction=0)).flip(0)
+    torch.testing.assert_close(torch.diag(cov), eig / (eig + FastNet.whiten_eps),
+                               rtol=1e-4, atol=1e-5)
+    assert torch.diag(cov).min() > 0.9
+    # the raw data was far from white: the whitening did something
+    raw = torch.cov(patches.T, correction=0)
+    assert (raw - torch.diag(torch.diag(raw))).abs().max() > 0.3
+
+
+def test_init_from_data_channels_last_and_checkpoint_round_trip(tmp_path: Path) -> None:
+    x = _correlated_images(40, seed=1)
+    a = FastNet(10, torch.nn.BatchNorm2d, width=8)
+    b = FastNet(10, torch.nn.BatchNorm2d, width=8)
+    a.init_from_data(x)
+    b.init_from_data(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(a.whiten.weight, b.whiten.weight)
+    # the whitening filters are ordinary (frozen) parameters: they travel in the state dict
+    torch.save(a.state_dict(), tmp_path / "w.pt")
+    c = FastNet(10, torch.nn.BatchNorm2d, width=8)
+    c.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    a.eval()
+    c.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(a(x[:4]), c(x[:4]))
+
+
+def test_gradcam_layers_of_fast_yaml_exist() -> None:
+    cfg = config.load(ROOT / "experiments" / "fast.yaml", ["model.width=8"])
+    model = build_model(cfg.model, 10)
+    model.init_from_data(torch.randn(8, 3, 32, 32))
+    maps = compute_cams(model, torch.randn(3, 3, 32, 32), cfg.diagnose.layers)
+    assert set(maps) == set(cfg.diagnose.layers) == {"block1", "block2", "block3"}
+    for m in maps.values():
+        assert m.shape == (3, 32, 32) and torch.isfinite(m).all()
+
+
+@pytest.mark.parametrize("path", FAST_CONFIGS, ids=lambda p: p.name)
+def test_fast_configs_load(path: Path) -> None:
+    cfg = config.load(path)
+    assert cfg.model.name == "fastnet"
+    assert "block1" in cfg.diagnose.layers
+
+
+def test_fast_configs_exist() -> None:
+    assert {p.name for p in FAST_CONFIGS} >= {"fast.yaml", "fast94.yaml"}
+
+
+def test_fast_recipe_learns_synthetic(tmp_path: Path) -> None:
+    """The recipe of fast.yaml, shrunk (width 8, 800 synthetic images, 4 epochs), learns
+    well above chance (10 classes: 10%)."""
+    threads = torch.get_num_threads()
+    cfg = config.load(ROOT / "experiments" / "fast.yaml", [
+        "data.name=synthetic", "data.synthetic_size=800", "model.width=8",
+        "train.epochs=4", "train.batch_size=64", "optim.lr=0.094", "train.threads=1",
+        "sched.warmup_epochs=0.5"])
+    try:
+        s, run_dir = train.start_run(cfg, tmp_path)
+        summary = train.fit(s, run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    print(summary["final"])
+    assert summary["status"] == "finished"
+    assert summary["final"]["test_acc"] > 50.0, summary["final"]
