@@ -77,14 +77,7 @@ def _set(raw: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise ConfigError(f"override {key!r}: expected a key like train.epochs")
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[: depth + 1])}: is not a section")
-        node = child
+    node = config.section(raw, parts)
     last, value = parts[-1], _plain(value)
     if isinstance(value, dict) and isinstance(node.get(last), dict):
         for k, v in value.items():

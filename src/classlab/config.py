@@ -327,16 +327,21 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Set ``key.sub=value`` items (values parsed as YAML scalars) into a raw mapping."""
     for item in overrides:
         parts, value = _parse_override(item)
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{_show_key('.'.join(parts[: depth + 1]))}: is not a section")
-            node = child
-        node[parts[-1]] = value
+        section(raw, parts)[parts[-1]] = value
     return raw
+
+
+def section(raw: dict, parts: list[str]) -> dict:
+    """The mapping that holds key ``parts[-1]`` in ``raw``, creating sections on the way."""
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{_show_key('.'.join(parts[: depth + 1]))}: is not a section")
+        node = child
+    return node
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -124,6 +124,18 @@ def _to_tensors(xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[torch.Tenso
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def _class_names(meta: Path) -> list[str]:
+    """Class names of a binary release: one a line, blank lines skipped."""
+    try:
+        classes = [line.strip() for line in meta.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{meta}: cannot read class names: {getattr(e, 'strerror', None) or e}"
+                        ) from None
+    if not classes:
+        raise DataError(f"{meta}: no class names in it")
+    return classes
+
+
 def read_cifar10_bin(folder: Path, md5s: Mapping[str, str] | None = None) -> Arrays:
     """Read the binary CIFAR-10 release (``cifar-10-batches-bin``).
 
@@ -133,14 +145,7 @@ def read_cifar10_bin(folder: Path, md5s: Mapping[str, str] | None = None) -> Arr
     """
     folder = Path(folder)
     md5s = CIFAR10_BIN_MD5S if md5s is None else md5s
-    meta = folder / "batches.meta.txt"
-    try:
-        classes = [line.strip() for line in meta.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{meta}: cannot read class names: {getattr(e, 'strerror', None) or e}"
-                        ) from None
-    if not classes:
-        raise DataError(f"{meta}: no class names in it")
+    classes = _class_names(folder / "batches.meta.txt")
 
     def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
         path = folder / f"{name}.bin"
@@ -617,14 +622,7 @@ def read_cifar100_bin(folder: Path, records: Mapping[str, int] | None = None) ->
     the expected record counts (default :data:`CIFAR100_BIN_RECORDS`)."""
     folder = Path(folder)
     records = CIFAR100_BIN_RECORDS if records is None else records
-    meta = folder / "fine_label_names.txt"
-    try:
-        classes = [line.strip() for line in meta.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{meta}: cannot read class names: {getattr(e, 'strerror', None) or e}"
-                        ) from None
-    if not classes:
-        raise DataError(f"{meta}: no class names in it")
+    classes = _class_names(folder / "fine_label_names.txt")
     size = 2 + _IMG
 
     def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
