@@ -1,7 +1,7 @@
 """One typed config tree, loaded from YAML and overridden with ``key.sub=value``.
 
 Every field carries its own help text and unit in ``metadata``; the README's config
-reference is generated from the same metadata (``classlab config-help``). Validation
+reference is generated from the same metadata (``classlab config``). Validation
 happens once, in :func:`validate`, before anything is written to disk, and every problem
 is raised as :class:`ConfigError` with a single line naming the full key, the bad value and
 what is allowed.
