@@ -170,7 +170,7 @@ class FastNet(nn.Module):
     """
 
     patch = 2  # whitening patch side (pixels)
-    whiten_eps = 5e-4  # added to the patch-covariance eigenvalues before 1/sqrt (pixel units)
+    whiten_eps = 5e-4  # added to the eigenvalues (normalised-pixel variance) before 1/sqrt
     logit_scale = 1.0 / 9.0
 
     def __init__(self, num_classes: int, norm_layer: NormLayer, width: int = 64,
