@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_models import output_shapes
 
 from classlab import config, train
 from classlab.config import ModelConfig
@@ -52,14 +53,8 @@ def test_fastnet_forward_backward_finite(norm: str) -> None:
 
 def test_fastnet_registered_with_width_scaling() -> None:
     assert "fastnet" in MODELS
-    shapes: dict[str, tuple[int, ...]] = {}
     model = build_model(ModelConfig(name="fastnet", width=8), 10).eval()
-    hooks = [getattr(model, n).register_forward_hook(
-        lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
-        for n in ("whiten", "block1", "block2", "block3")]
-    model(torch.randn(2, 3, 32, 32))
-    for h in hooks:
-        h.remove()
+    shapes = output_shapes(model, ("whiten", "block1", "block2", "block3"))
     assert shapes == {"whiten": (2, 24, 31, 31), "block1": (2, 8, 15, 15),
                       "block2": (2, 32, 7, 7), "block3": (2, 32, 3, 3)}
     # trainable: conv weights, the norms' biases and the linear head (no norm scales)

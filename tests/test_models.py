@@ -45,14 +45,21 @@ def test_norm_layers_are_what_the_names_say():
     assert isinstance(gn.bn1, torch.nn.GroupNorm) and gn.bn1.num_groups == 4
 
 
+def output_shapes(model: torch.nn.Module, names: tuple[str, ...]) -> dict[str, tuple]:
+    """Output shape of each named submodule for a [2,3,32,32] input."""
+    shapes: dict[str, tuple] = {}
+    hooks = [getattr(model, n).register_forward_hook(
+        lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape))) for n in names]
+    try:
+        model(torch.randn(2, 3, 32, 32))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
 def test_stage_shapes():
     model = build_model(ModelConfig(width=8), 10).eval()
-    shapes = {}
-    hooks = [getattr(model, n).register_forward_hook(
-        lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
-        for n in ("layer1", "layer2", "layer3", "layer4")]
-    model(torch.randn(2, 3, 32, 32))
-    for h in hooks:
-        h.remove()
+    shapes = output_shapes(model, ("layer1", "layer2", "layer3", "layer4"))
     assert shapes == {"layer1": (2, 8, 32, 32), "layer2": (2, 16, 16, 16),
                       "layer3": (2, 32, 8, 8), "layer4": (2, 64, 4, 4)}

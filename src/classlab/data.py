@@ -207,6 +207,24 @@ def _unpickle(path: Path, buf: bytes, what: str = "CIFAR-10") -> dict:
     return obj
 
 
+def _pickled_batch(path: Path, md5s: Mapping[str, str], label_key: bytes, n_classes: int,
+                   *release: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x uint8 [N,3072], y int64 [N]) of one checked python-release pickle; ``label_key`` is
+    b"labels" (CIFAR-10) or b"fine_labels" (CIFAR-100)."""
+    d = _unpickle(path, _read_checked(path, md5s), *release)
+    key = label_key.decode()
+    try:
+        x = np.asarray(d[b"data"])
+        y = np.asarray(d[label_key], dtype=np.int64)
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path}: no data/{key} in it; {_REDOWNLOAD}") from None
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != _IMG or y.shape != x.shape[:1]:
+        raise DataError(f"{path}: unexpected data {x.dtype}{list(x.shape)} with "
+                        f"{y.size} labels; {_REDOWNLOAD}")
+    _check_labels(path, y, n_classes)
+    return x, y
+
+
 def read_cifar10_py(folder: Path, md5s: Mapping[str, str] | None = None) -> Arrays:
     """Read the Python CIFAR-10 release (``cifar-10-batches-py``, as torchvision unpacks it).
 
@@ -226,18 +244,7 @@ def read_cifar10_py(folder: Path, md5s: Mapping[str, str] | None = None) -> Arra
         raise DataError(f"{meta_path}: no label_names in it; {_REDOWNLOAD}") from None
 
     def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
-        path = folder / name
-        d = _unpickle(path, _read_checked(path, md5s))
-        try:
-            x = np.asarray(d[b"data"])
-            y = np.asarray(d[b"labels"], dtype=np.int64)
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: no data/labels in it; {_REDOWNLOAD}") from None
-        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != _IMG or y.shape != x.shape[:1]:
-            raise DataError(f"{path}: unexpected data {x.dtype}{list(x.shape)} with "
-                            f"{y.size} labels; {_REDOWNLOAD}")
-        _check_labels(path, y, len(classes))
-        return x, y
+        return _pickled_batch(folder / name, md5s, b"labels", len(classes))
 
     parts = [batch(n) for n in _TRAIN_BATCHES]
     x_train, y_train = _to_tensors([p[0] for p in parts], [p[1] for p in parts])
@@ -597,17 +604,7 @@ def read_cifar100_py(folder: Path, md5s: Mapping[str, str] | None = None) -> Arr
         raise DataError(f"{meta_path}: no class names in it; {_REDOWNLOAD}")
 
     def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        path = folder / name
-        d = _unpickle(path, _read_checked(path, md5s), "CIFAR-100")
-        try:
-            x = np.asarray(d[b"data"])
-            y = np.asarray(d[b"fine_labels"], dtype=np.int64)
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: no data/fine_labels in it; {_REDOWNLOAD}") from None
-        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != _IMG or y.shape != x.shape[:1]:
-            raise DataError(f"{path}: unexpected data {x.dtype}{list(x.shape)} with "
-                            f"{y.size} labels; {_REDOWNLOAD}")
-        _check_labels(path, y, len(classes))
+        x, y = _pickled_batch(folder / name, md5s, b"fine_labels", len(classes), "CIFAR-100")
         return _to_tensors([x], [y])
 
     x_train, y_train = split("train")
