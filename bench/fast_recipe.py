@@ -6,10 +6,8 @@ process, stamps every "Epoch N:" line with the wall seconds since that process w
 reads the run's metrics.csv and prints test accuracy per epoch. The summary gives the mean
 final-epoch test accuracy over seeds (the issue's criterion) and the mean total wall time.
 
-``--final-only TTA`` runs the same recipe through the Python API instead of the CLI, with
-one difference: the test set is evaluated only after the last epoch, with test-time
-augmentation TTA (what a ``train.eval_every=0`` option in train.py would do; see
-bench/README.md). Each seed is still a fresh process, timed from its launch.
+Overrides are passed on, e.g. ``train.eval_every=1`` to score the test set after every
+epoch (fast.yaml scores it only after the last one).
 
 ``--phases`` instead times the parts of one run in-process (data load, model build and
 whitening init, training steps extrapolated to an epoch, evaluation per TTA mode), to show
@@ -42,10 +40,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     exe = Path(sys.executable).with_name("classlab")
     cmd = [str(exe), "train", args.config, *args.overrides, f"train.seed={seed}",
            "--data-dir", args.data_dir, "--out", args.out]
-    if args.final_only:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-seed", str(seed),
-               "--final-only", args.final_only, "--config", args.config, "--data-dir",
-               args.data_dir, "--out", args.out, *args.overrides]
     load_start = load1()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -177,48 +171,6 @@ def phases(args: argparse.Namespace) -> None:
               f"epoch; {last:.0f} s evaluating (tta=flip_translate) only after the last")
 
 
-def child_final_only(args: argparse.Namespace) -> None:
-    """One seed of the recipe via the API, evaluating the test set only after the last
-    epoch (with ``args.final_only`` TTA); prints the CLI's "Run folder:"/"Epoch N:" lines
-    and writes metrics.csv (test columns empty before the last epoch)."""
-    import torch
-
-    from classlab import _io, config, train
-    from classlab.augment import augment
-
-    cfg = config.load(args.config, [*args.overrides, f"train.seed={args.child_seed}",
-                                    f"name={Path(args.config).stem}_final_only"])
-    s = train.build_session(cfg, Path(args.data_dir))
-    run_dir = _io.make_run_dir(Path(args.out), cfg.name)
-    print(f"Run folder: {run_dir}", flush=True)
-    xs, ys = s.data["train"]
-    aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
-    nan = float("nan")
-    for epoch in range(1, cfg.train.epochs + 1):
-        te = time.time()
-        lr = train.current_lr(s.optimizer)
-        gen = train.epoch_generator(cfg.train.seed, epoch, s.device)
-        tr = train.train_one_epoch(
-            s.model, xs, ys, optimizer=s.optimizer, stepper=s.stepper, normalize=s.normalize,
-            augment_fn=aug, gen=gen, batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
-            global_step=(epoch - 1) * s.steps_per_epoch,
-            label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
-            ema=s.ema, progress=False)
-        s.stepper.after_epoch({"train_loss": tr.loss, "val_loss": nan, "val_acc": nan})
-        test = train.EvalResult(nan, nan, 0)
-        if epoch == cfg.train.epochs:
-            test = train.evaluate(s.eval_model, *s.data["test"], normalize=s.normalize,
-                                  batch_size=cfg.train.eval_batch_size, amp=s.amp,
-                                  tta=args.final_only)
-        row = {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
-               "val_loss": nan, "val_acc": nan, "test_loss": test.loss, "test_acc": test.acc,
-               "seconds": time.time() - te}
-        train.append_metrics(run_dir / "metrics.csv", row)
-        print(f"Epoch {epoch}: train loss {tr.loss:.4f} acc {tr.acc:.2f}%  test acc "
-              f"{test.acc:.2f}% ({row['seconds']:.1f}s)", flush=True)
-    torch.save({"model": s.eval_model.state_dict()}, run_dir / "final.pt")
-
-
 def tta_table(args: argparse.Namespace) -> None:
     """Accuracy and time of each TTA mode on a finished run's (EMA) weights."""
     from classlab import train
@@ -244,14 +196,8 @@ def main() -> int:
     ap.add_argument("--phase-images", type=int, default=5120,
                     help="--phases: training images timed, extrapolated to the epoch")
     ap.add_argument("--tta", metavar="RUN_DIR", help="price TTA on a finished run instead")
-    ap.add_argument("--final-only", metavar="TTA", choices=["none", "flip", "flip_translate"],
-                    help="evaluate only after the last epoch, with this TTA (via the API)")
-    ap.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     ap.add_argument("-v", "--verbose", action="store_true", help="echo the runs' output")
     args = ap.parse_args()
-    if args.child_seed is not None:
-        child_final_only(args)
-        return 0
     print(machine_line())
     if args.phases:
         phases(args)

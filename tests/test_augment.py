@@ -14,6 +14,7 @@ from classlab.augment import (
     AUGMENTATIONS,
     _cutout_mask,
     _rotate,
+    alternate_flip,
     augment,
     cutout,
     make_generator,
@@ -316,3 +317,23 @@ def test_cutout_probability():
     out = cutout(x, make_generator(0, "cpu"), cfg_with(cutout_p=0.4, cutout_size=3))
     rate = (out == 0).flatten(1).any(1).float().mean().item()
     assert abs(rate - 0.4) < 0.05
+
+
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch():
+    x = torch.randint(0, 256, (400, 3, 4, 5), dtype=torch.uint8)
+    mirrored = [(alternate_flip(x, e, seed=7) != x).flatten(1).any(1) for e in (1, 2, 3, 4)]
+    for e, m in enumerate(mirrored, start=1):
+        views = alternate_flip(x, e, seed=7)
+        assert torch.equal(views[m], x[m].flip(-1)) and torch.equal(views[~m], x[~m])
+    assert torch.equal(mirrored[0], ~mirrored[1])  # consecutive epochs: the other half
+    assert torch.equal(mirrored[0], mirrored[2]) and torch.equal(mirrored[1], mirrored[3])
+    assert 160 < int(mirrored[0].sum()) < 240  # a random half (binomial sd 10)
+    assert not torch.equal(mirrored[0], (alternate_flip(x, 1, seed=8) != x).flatten(1).any(1))
+
+
+def test_augment_leaves_flipping_to_the_epoch_in_alternate_mode():
+    x = batch()
+    cfg = cfg_with(ops=["flip"], flip_p=1.0)
+    assert torch.equal(augment(x, make_generator(0, "cpu"), cfg), x.flip(-1))
+    assert augment(x, make_generator(0, "cpu"), cfg_with(ops=["flip"], flip_mode="alternate")) \
+        is x

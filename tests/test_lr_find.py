@@ -72,9 +72,10 @@ class _TrainOnly(dict):
         return super().__getitem__(key)
 
 
-def test_restores_bit_identically_and_training_continues_unchanged() -> None:
-    a, b = _session("optim.name=adam", "sched.name=onecycle", "train.epochs=2"), \
-        _session("optim.name=adam", "sched.name=onecycle", "train.epochs=2")
+@pytest.mark.parametrize("extra", [[], ["optim.lookahead_every=2"]])
+def test_restores_bit_identically_and_training_continues_unchanged(extra: list[str]) -> None:
+    opts = ["optim.name=adam", "sched.name=onecycle", "train.epochs=2", *extra]
+    a, b = _session(*opts), _session(*opts)
     _epoch(a, 1)
     _epoch(b, 1)
     groups = a.optimizer.param_groups
@@ -91,6 +92,8 @@ def test_restores_bit_identically_and_training_continues_unchanged() -> None:
     assert _same(a.optimizer.state_dict(), before["optimizer"])
     assert _same(a.stepper.state_dict(), before["scheduler"])
     assert _same(train.rng_state(), before["rng"])
+    if a.lookahead is not None:  # paused during the sweep: its step count did not move
+        assert a.lookahead.active and a.lookahead.steps == b.lookahead.steps > 0
     assert a.optimizer.param_groups is groups and all(g is h for g, h in
                                                       zip(groups, a.optimizer.param_groups))
     # ... so the next epoch is exactly what it would have been without the test

@@ -12,6 +12,7 @@ from classlab.config import OptimConfig, SchedConfig
 from classlab.optim import (
     OPTIMIZERS,
     SCHEDULERS,
+    Lookahead,
     build_optimizer,
     build_scheduler,
     current_lr,
@@ -130,3 +131,35 @@ def test_weight_decay_coupling():
         p.grad = torch.zeros(1)
         opt.step()
         assert p.item() == pytest.approx(expected, rel=1e-4), name
+
+
+def test_lookahead_follows_its_schedule_and_ends_on_the_slow_weights():
+    total, every, decay = 12, 3, 0.9
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = {}  # the fast weights right after the SGD step (hooks run in registration order)
+    opt.register_step_post_hook(
+        lambda *_: seen.update(fast=[p.detach().clone() for p in model.parameters()]))
+    la = Lookahead(model, every, decay, total)
+    la.attach(opt)
+    slow = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(8, 3)
+    for t in range(1, total + 1):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        fast = seen["fast"]
+        if t == total:  # the result is the slow copy: the last fast steps are dropped
+            assert all(torch.equal(p, s) for p, s in zip(model.parameters(), la.slow))
+            assert all(torch.allclose(p, s, atol=1e-7) for p, s in zip(model.parameters(), slow))
+        elif t % every == 0:
+            d = decay ** every * (t / total) ** 3
+            slow = [d * s + (1 - d) * f for s, f in zip(slow, fast)]
+            assert all(torch.allclose(p, s, atol=1e-7) for p, s in zip(model.parameters(), slow))
+        elif t > every:  # between syncs the optimizer moves the fast weights away from it
+            assert not all(torch.equal(p, s) for p, s in zip(model.parameters(), slow))
+    assert la.steps == total
+    state = la.state_dict()
+    other = Lookahead(torch.nn.Linear(3, 2), every, decay, total)
+    other.load_state_dict(state)
+    assert other.steps == total and all(torch.equal(a, b) for a, b in zip(other.slow, la.slow))

@@ -53,8 +53,10 @@ def test_event_file_equals_metrics_csv(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(rows) == 2
     for column, tag in tblog.TAGS.items():
         assert [step for step, _ in got[tag]] == [1, 2], tag  # global_step = epoch
-        want = [float(r[column]) for r in rows]  # the CSV keeps 6 significant digits
-        assert [v for _, v in got[tag]] == pytest.approx(want, rel=2e-6, abs=1e-12), tag
+        # The CSV keeps 6 significant digits ("%.6g"): rounding moves a value by up to half a
+        # unit in the 6th digit, i.e. 5e-6 relative (for a mantissa near 1.00000).
+        want = [float(r[column]) for r in rows]
+        assert [v for _, v in got[tag]] == pytest.approx(want, rel=5e-6, abs=1e-12), tag
 
 
 def test_no_validation_split_means_no_val_tags(tmp_path: Path) -> None:

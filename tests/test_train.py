@@ -168,3 +168,116 @@ def test_tta_views_are_flips_and_one_pixel_shifts():
     assert len(views) == 6 and torch.equal(views[1], x.flip(-1))
     assert torch.equal(views[2][..., 1:, 1:], x[..., :-1, :-1])  # moved down-right by one
     assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])
+
+
+def test_eval_every_skips_epochs_but_always_scores_the_last(tmp_path):
+    run_dir, summary = _run(tmp_path, "train.epochs=3", "train.eval_every=2")
+    with open(run_dir / "metrics.csv", newline="") as f:
+        raw = list(csv.DictReader(f))
+    assert [r["test_acc"] == "" for r in raw] == [True, False, False]  # epochs 2 and 3 scored
+    assert all(r["train_acc"] for r in raw)
+    rows = train.read_metrics(run_dir / "metrics.csv")
+    assert summary["final"]["test_acc"] == pytest.approx(rows[-1]["test_acc"])
+    # the best epoch is one that was validated, never the unscored epoch 1
+    assert summary["best_by_val"]["by"] == "val_acc" and summary["best_by_val"]["epoch"] >= 2
+    # diagnose's cache of per-image test outputs belongs to the last epoch
+    assert train.load_test_outputs(run_dir, 3, summary["test_images"]) is not None
+
+
+def test_eval_every_zero_scores_only_the_last_epoch(tmp_path):
+    run_dir, _ = _run(tmp_path, "train.epochs=2", "train.eval_every=0")
+    rows = train.read_metrics(run_dir / "metrics.csv")
+    assert rows[0]["test_acc"] != rows[0]["test_acc"] and rows[0]["val_acc"] != rows[0]["val_acc"]
+    assert 0 <= rows[1]["test_acc"] <= 100
+
+
+def test_eval_every_with_plateau_on_a_val_metric_is_refused(tmp_path, capsys):
+    rc = main(["train", *TINY, "sched.name=plateau", "train.eval_every=0", "--out",
+               str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0
+    assert "train.eval_every" in err and "sched.monitor=train_loss" in err
+    assert not (tmp_path / "runs").exists()
+    cfg = config.load(None, TINY + ["sched.name=plateau", "sched.monitor=train_loss",
+                                    "train.eval_every=0"])
+    assert cfg.train.eval_every == 0
+
+
+def test_update_best_prefers_validated_epochs():
+    nan = float("nan")
+
+    def row(epoch, train_acc, val_acc):
+        return {"epoch": epoch, "train_acc": train_acc, "val_acc": val_acc, "test_acc": 50.0}
+
+    best = train._update_best({}, row(1, 90.0, nan))
+    assert best["by"] == "train_acc" and best["epoch"] == 1
+    best = train._update_best(best, row(2, 10.0, 40.0))  # first validated epoch wins
+    assert best["by"] == "val_acc" and best["epoch"] == 2
+    best = train._update_best(best, row(3, 99.0, nan))  # unvalidated: cannot displace it
+    assert best["epoch"] == 2
+    best = train._update_best(best, row(4, 99.0, 41.0))
+    assert best["epoch"] == 4 and best["score"] == 41.0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalizer_matches_the_formula(channels_last):
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    x = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8)
+    out = train.Normalizer(mean, std, torch.device("cpu"), channels_last)(x)
+    want = (x.double() / 255 - torch.tensor(mean).double().view(1, 3, 1, 1)) \
+        / torch.tensor(std).double().view(1, 3, 1, 1)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_fast_recipe_options_resume_bit_identically(tmp_path):
+    """Lookahead (its slow copy and step count) and alternating flip survive a resume."""
+    extra = ["train.epochs=3", "optim.lookahead_every=2", "aug.flip_mode=alternate",
+             "train.eval_every=0"]
+    full, _ = _run(tmp_path, *extra, out="full")
+    cfg = config.load(None, TINY + extra)
+    s, part = train.start_run(cfg, tmp_path / "part")
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train.fit(s, part, on_epoch=stop)
+    s2, epoch, best, wall = train.resume_run(part)
+    assert epoch == 1 and s2.lookahead.steps == s2.steps_per_epoch
+    train.fit(s2, part, epoch, best, wall)
+    wf, wp = (_io.load_checkpoint(d / "last.pt")["model"] for d in (full, part))
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    # the run ended on Lookahead's slow weights
+    la = _io.load_checkpoint(full / "last.pt")["lookahead"]
+    model_floats = [v for v in wf.values() if v.is_floating_point()]
+    assert all(torch.equal(a, b) for a, b in zip(model_floats, la["slow"]))
+
+
+@pytest.mark.parametrize("val_split,best", [("0", False), ("0.2", True)])
+def test_final_line_names_only_scored_splits(tmp_path, capsys, val_split, best):
+    assert main(["train", *TINY, "train.epochs=1", f"data.val_split={val_split}",
+                 "--out", str(tmp_path)]) == 0
+    (final,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Final:")]
+    assert "nan" not in final and "test acc" in final
+    assert ("val acc" in final) == best and ("best by val" in final) == best
+
+
+def test_ranks_augment_from_their_own_streams():
+    """Under torchrun every rank shuffles with the same generator; augmentation must not
+    repeat across ranks (else the k-th image of each shard gets the same crop)."""
+    def draws(dist):
+        g = train.make_generator(5, "cpu")
+        return torch.rand(4, generator=dist.rank_generator(g))
+
+    single = train.Dist()
+    g = train.make_generator(5, "cpu")
+    assert single.rank_generator(g) is g  # one process: the stream is unchanged
+    r0, r1 = draws(train.Dist(rank=0, world=2)), draws(train.Dist(rank=1, world=2))
+    assert not torch.equal(r0, r1)
+    assert torch.equal(r0, draws(train.Dist(rank=0, world=2)))  # reproducible per rank

@@ -27,6 +27,7 @@ AugFn = Callable[[torch.Tensor, torch.Generator, AugConfig], torch.Tensor]
 __all__ = [
     "AUGMENTATIONS",
     "AugFn",
+    "alternate_flip",
     "augment",
     "cutout",
     "make_generator",
@@ -68,12 +69,15 @@ def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(idx >= size, period - idx, idx)
 
 
-def _translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: str) -> torch.Tensor:
+def _translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: str,
+               bound: int) -> torch.Tensor:
     """``out[i, :, y, x] = x[i, :, y + dy[i], x + dx[i]]``, outside pixels per ``pad_mode``.
 
-    dy, dx: integer ``[N]`` on ``x.device``. This equals cropping ``H x W`` at offset
-    ``(p + dy, p + dx)`` out of ``x`` padded by ``p`` on every side, without building the
-    ``[N, C, H + 2p, W + 2p]`` padded copy: one ``gather`` on the flattened ``H * W`` axis.
+    dy, dx: integer ``[N]`` on ``x.device``, ``|dy|, |dx| <= bound``. This equals cropping
+    ``H x W`` at offset ``(bound + dy, bound + dx)`` out of ``x`` padded by ``bound``: one
+    ``gather`` on the flattened pixel axis. Reflect mode maps indices and needs no padded
+    copy; zeros mode gathers from a zero-padded copy, which is cheaper than masking the
+    outside pixels afterwards (3 vs 5 ms per 512 CIFAR images on one CPU core).
     """
     n, c, h, w = x.shape
     ys = torch.arange(h, device=x.device)
@@ -82,20 +86,14 @@ def _translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: st
     src_x = xs[None, :] + dx[:, None]  # [N, W] source column of each output column
     if pad_mode == "reflect":
         src_y, src_x = _reflect_index(src_y, h), _reflect_index(src_x, w)
-        inside = None
     elif pad_mode == "zeros":
-        # [N, H, W]: where the source pixel lies inside the image; elsewhere the output is 0
-        in_y = (src_y >= 0) & (src_y < h)  # [N, H]
-        in_x = (src_x >= 0) & (src_x < w)  # [N, W]
-        inside = in_y[:, :, None] & in_x[:, None, :]
-        src_y, src_x = src_y.clamp(0, h - 1), src_x.clamp(0, w - 1)
+        x = F.pad(x, (bound, bound, bound, bound))  # [N, C, H + 2b, W + 2b]
+        src_y, src_x = src_y + bound, src_x + bound
     else:
         raise ValueError(f"pad_mode: unknown value {pad_mode!r}; allowed: zeros, reflect")
-    flat = (src_y[:, :, None] * w + src_x[:, None, :]).reshape(n, 1, h * w)  # [N, 1, H*W]
-    out = x.reshape(n, c, h * w).gather(2, flat.expand(n, c, h * w)).view(n, c, h, w)
-    if inside is not None:
-        out = out.masked_fill(~inside[:, None], 0)
-    return out
+    ph, pw = x.shape[-2:]
+    flat = (src_y[:, :, None] * pw + src_x[:, None, :]).reshape(n, 1, h * w)  # [N, 1, H*W]
+    return x.reshape(n, c, ph * pw).gather(2, flat.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
@@ -112,7 +110,7 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.
         return x
     # [2, N]: row and column offsets, drawn in one call so both come from the same stream
     d = torch.randint(-p, p + 1, (2, x.shape[0]), generator=gen, device=x.device)
-    return _translate(x, d[0], d[1], cfg.pad_mode)
+    return _translate(x, d[0], d[1], cfg.pad_mode, p)
 
 
 # --------------------------------------------------------------------------- flip
@@ -144,16 +142,18 @@ def _rotate(x: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
         return x
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     a = angles_deg.to(device=x.device, dtype=work.dtype) * (math.pi / 180.0)  # [N] radians
-    cos, sin = torch.cos(a), torch.sin(a)
-    zero = torch.zeros_like(a)
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin * (h / w), zero], dim=-1),
-            torch.stack([sin * (w / h), cos, zero], dim=-1),
-        ],
-        dim=1,
-    )  # [N, 2, 3]
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)  # [N, H, W, 2]
+    cos = torch.cos(a)[:, None, None, None]  # [N, 1, 1, 1]
+    sin = torch.sin(a)[:, None, None, None]
+    # The grid affine_grid builds for theta = [[cos, -sin * H/W, 0], [sin * W/H, cos, 0]],
+    # as cos * (x, y) + sin * (-y H/W, x W/H) over the pixel centres (align_corners=False):
+    # two broadcasts instead of affine_grid's batched matmul (~8 ms per 512 CIFAR images on
+    # one CPU core) or a stack into the last axis (~10 ms).
+    bx = (torch.arange(w, device=x.device, dtype=work.dtype) * 2 + 1) / w - 1  # [W]
+    by = (torch.arange(h, device=x.device, dtype=work.dtype) * 2 + 1) / h - 1  # [H]
+    gx, gy = bx[None, :].expand(h, w), by[:, None].expand(h, w)
+    base = torch.stack([gx, gy], dim=-1)[None]  # [1, H, W, 2]
+    turn = torch.stack([-gy * (h / w), gx * (w / h)], dim=-1)[None]  # [1, H, W, 2]
+    grid = cos * base + sin * turn  # [N, H, W, 2]
     out = F.grid_sample(work, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.to(x.dtype)
 
@@ -201,7 +201,9 @@ def cutout(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tenso
     cx = torch.randint(0, w, (n,), generator=gen, device=x.device)
     apply = torch.rand(n, generator=gen, device=x.device) < cfg.cutout_p  # [N]
     mask = _cutout_mask(cy, cx, cfg.cutout_size, h, w) & apply[:, None, None]  # [N, H, W]
-    return x.masked_fill(mask[:, None], 0)
+    # a broadcast multiply by the 0/1 keep-mask: ~4x faster than masked_fill's broadcast path
+    # on CPU (1.2 vs 4-6 ms per 512 CIFAR images on one core); inputs are finite
+    return x * (~mask)[:, None].to(x.dtype)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -215,12 +217,29 @@ AUGMENTATIONS: dict[str, AugFn] = {
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
-    """Apply ``AUGMENTATIONS[name]`` for each name in ``cfg.ops``, in order."""
+    """Apply ``AUGMENTATIONS[name]`` for each name in ``cfg.ops``, in order.
+
+    With ``cfg.flip_mode == "alternate"`` the per-batch flip is skipped: the training loop
+    mirrors the stored images per epoch instead (:func:`alternate_flip`)."""
     for name in cfg.ops:
         fn = AUGMENTATIONS.get(name)
         if fn is None:
             raise ValueError(
                 f"aug.ops: unknown value {name!r}; allowed: {', '.join(sorted(AUGMENTATIONS))}"
             )
+        if name == "flip" and cfg.flip_mode == "alternate":
+            continue
         x = fn(x, gen, cfg)
     return x
+
+
+def alternate_flip(x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """The whole training set ``x`` ``[N, C, H, W]`` (any dtype) as seen in ``epoch`` under
+    alternating flip: a fixed random half of the images (drawn from ``seed``) is mirrored in
+    odd epochs, the other half in even epochs. Each image thus alternates orientation from
+    epoch to epoch instead of repeating one by chance, which airbench (arXiv 2404.00498)
+    found to beat random flipping whenever flipping helps at all. Returns a new tensor."""
+    gen = make_generator(seed, x.device)
+    first = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5  # [N]
+    flip = first if epoch % 2 == 1 else ~first
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)

@@ -164,10 +164,14 @@ def _train(a: argparse.Namespace) -> int:
 
 def _print_final(summary: dict) -> None:
     f, b = summary["final"], summary["best_by_val"]
-    if f:
-        print(f"Final: train acc {f['train_acc']:.2f}%, val acc {f['val_acc']:.2f}%, "
-              f"test acc {f['test_acc']:.2f}%  (best by val: epoch {b['epoch']}, "
-              f"test acc {b['test_acc']:.2f}%)", flush=True)
+    if not f:
+        return
+    parts = [f"{k} acc {f[f'{k}_acc']:.2f}%" for k in ("train", "val", "test")
+             if f[f"{k}_acc"] == f[f"{k}_acc"]]  # no NaN: a split that is absent / unscored
+    best = ""
+    if b and b.get("by") == "val_acc":  # without a validation split no epoch is "best"
+        best = f"  (best by val: epoch {b['epoch']}, test acc {b['test_acc']:.2f}%)"
+    print(f"Final: {', '.join(parts)}{best}", flush=True)
 
 
 def _diagnose(run_dir: Path, **kw) -> None:

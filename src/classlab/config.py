@@ -9,6 +9,7 @@ what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import reprlib
@@ -32,7 +33,8 @@ def _f(default: Any, help: str, **checks: Any) -> Any:
     """
     meta = {"help": help, **checks}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        # a deep copy: aug.albumentations' mappings must not be shared between configs
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -87,6 +89,13 @@ class OptimConfig:
     beta2: float = _f(0.999, "Adam/AdamW beta2", ge=0.0, lt=1.0)
     no_decay_norm_bias: bool = _f(False, "exempt norm weights and biases from weight decay")
     norm_bias_lr_scale: float = _f(1.0, "LR multiplier for norm weights and biases", gt=0.0)
+    lookahead_every: int = _f(0, "Lookahead: every N optimizer steps pull the weights back "
+                              "toward a slow copy, more strongly late in training; the final "
+                              "weights are the slow ones (0: off; airbench uses 5)", ge=0,
+                              unit="steps")
+    lookahead_decay: float = _f(0.95, "Lookahead: per-step decay of the slow weights at the end "
+                                "of training; at step t of T a sync keeps "
+                                "decay**every * (t/T)**3 of the slow copy", gt=0.0, lt=1.0)
 
 
 @dataclass
@@ -117,8 +126,32 @@ class SchedConfig:
                               ge=0.0, le=1.0, unit="fraction")
 
 
+# The batched default (pad 4 + random 32x32 crop, flip, rotate +-5 degrees, 16x16 cutout)
+# written in albumentations 2.x. "fill: mean" is the training set's mean colour, which is
+# what the batched ops fill with (0 after normalisation). CoarseDropout keeps its hole
+# inside the image, while cutout (DeVries & Taylor; the batched op) centres the square
+# anywhere and clips it at the border (196 pixels removed on average, not 256): the Pad /
+# Crop pair around it gives CoarseDropout that same border. The list assumes 32x32 images.
+ALBUMENTATIONS_DEFAULT: list[dict[str, Any]] = [
+    {"name": "Pad", "padding": 4, "fill": "mean"},
+    {"name": "RandomCrop", "height": 32, "width": 32},
+    {"name": "HorizontalFlip", "p": 0.5},
+    {"name": "Rotate", "limit": 5, "fill": "mean", "p": 1.0},
+    {"name": "Pad", "padding": [8, 8, 7, 7], "fill": "mean"},
+    {"name": "CoarseDropout", "num_holes_range": [1, 1], "hole_height_range": [16, 16],
+     "hole_width_range": [16, 16], "fill": "mean", "p": 1.0},
+    {"name": "Crop", "x_min": 8, "y_min": 8, "x_max": 40, "y_max": 40},
+]
+
+
 @dataclass
 class AugConfig:
+    backend: str = _f("batched", "where train-time augmentation runs: batched = aug.ops as "
+                      "whole-batch tensor ops on the training device; albumentations = the "
+                      "aug.albumentations transforms, image by image in DataLoader workers "
+                      "(needs the albumentations package; aug.ops and the batched ops' "
+                      "settings are then ignored, except by lr-find, which always uses them)",
+                      choices=["batched", "albumentations"])
     ops: list[str] = _f(["crop", "flip", "rotate", "cutout"],
                         "batched train-time augmentations, applied in this order",
                         choices="augmentations")
@@ -126,11 +159,23 @@ class AugConfig:
                            unit="pixels")
     pad_mode: str = _f("zeros", "crop: padding mode", choices=["zeros", "reflect"])
     flip_p: float = _f(0.5, "flip: probability of a horizontal flip", ge=0.0, le=1.0)
+    flip_mode: str = _f("random", "flip: random = a fresh coin per image and epoch (flip_p); "
+                        "alternate = every training image is mirrored in every other epoch, "
+                        "a random half in odd epochs and the other half in even ones "
+                        "(airbench's derandomised flip; flip_p is then ignored)",
+                        choices=["random", "alternate"])
     rotate_degrees: float = _f(5.0, "rotate: maximum absolute angle, uniform in [-d, d]",
                                ge=0.0, le=180.0, unit="degrees")
     cutout_size: int = _f(16, "cutout: side of the zeroed square (clipped at borders)", ge=1,
                           unit="pixels")
     cutout_p: float = _f(1.0, "cutout: probability per image", ge=0.0, le=1.0)
+    albumentations: list[dict[str, Any]] = _f(
+        ALBUMENTATIONS_DEFAULT, "backend=albumentations: the transforms, in order, each a "
+        "mapping {name: <albumentations class>, <argument>: <value>, ...}; fill: mean is the "
+        "training set's mean colour. The default is the batched default above (for 32x32 "
+        "images)")
+    workers: int = _f(2, "backend=albumentations: DataLoader worker processes (0: augment in "
+                      "the training process)", ge=0, unit="processes")
 
 
 @dataclass
@@ -154,6 +199,9 @@ class TrainConfig:
     tta: str = _f("none", "test-time augmentation in evaluation: average the logits of the "
                   "image and its mirror (flip), plus 1-pixel shifts (flip_translate)",
                   choices=["none", "flip", "flip_translate"])
+    eval_every: int = _f(1, "evaluate val and test every N epochs and always after the last; "
+                         "0: only after the last (skipped epochs log empty cells; saves time "
+                         "when evaluation, e.g. with TTA, is costly)", ge=0, unit="epochs")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)", ge=0)
     progress: bool = _f(True, "show a progress bar per epoch")
 
@@ -227,14 +275,16 @@ def _registry_names(name: str) -> list[str]:
     raise KeyError(name)
 
 
+_MAPPINGS = list[dict[str, Any]]  # the type of aug.albumentations
+
+
 def _is_section(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, "a list of strings"
-    )
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            _MAPPINGS: "a list of mappings"}.get(tp, "a list of strings")
 
 
 _SHORT = reprlib.Repr()
@@ -271,6 +321,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             value = float(value)
     elif tp is str:
         ok = isinstance(value, str)
+    elif tp == _MAPPINGS:
+        # The entries' own checks (names, arguments) are aug.albumentations' (see validate).
+        ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
     else:  # list[str]
         if isinstance(value, str):  # "a,b,c" from the command line
             value = [v for v in value.split(",") if v]
@@ -419,6 +472,14 @@ def validate(cfg: Config) -> None:
             f"sched.monitor: {cfg.sched.monitor!r} needs a validation split but data.val_split "
             "is 0; allowed: set data.val_split > 0 or sched.monitor=train_loss"
         )
+    if cfg.sched.name == "plateau" and cfg.sched.monitor.startswith("val_") \
+            and cfg.train.eval_every != 1:
+        raise ConfigError(
+            f"train.eval_every: {cfg.train.eval_every} leaves epochs without the validation "
+            f"metric that sched.monitor={cfg.sched.monitor!r} needs; allowed: 1, or "
+            "sched.monitor=train_loss"
+        )
+    _validate_albumentations(cfg)
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", device)):
         raise ConfigError(f"train.device: unknown value {_show(device)}; allowed: auto, cpu, cuda, "
@@ -426,6 +487,16 @@ def validate(cfg: Config) -> None:
     if not cfg.name or any(c in cfg.name for c in "/\\\0") or cfg.name in (".", ".."):
         raise ConfigError(f"name: {cfg.name!r} cannot be a folder name; allowed: a non-empty "
                           "name without / or \\")
+
+
+def _validate_albumentations(cfg: Config) -> None:
+    """aug.albumentations: its shape always; its transform names, arguments and values only
+    when the backend uses it, so the batched backend never needs the package."""
+    from classlab import albu
+
+    albu.check_shape(cfg.aug.albumentations)
+    if cfg.aug.backend == "albumentations":
+        albu.check_transforms(cfg.aug.albumentations)
 
 
 def reference() -> str:
@@ -437,7 +508,8 @@ def reference() -> str:
         if choices is not None:
             names = _registry_names(choices) if isinstance(choices, str) else choices
             allowed = " \\| ".join(names)
-        default = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+        default = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6
+                                 ).strip().removesuffix("...")
         rows.append(f"| `{key}` | `{default.strip()}` | {allowed} | {meta['help']} |")
     return "\n".join(rows)
 

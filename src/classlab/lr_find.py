@@ -338,7 +338,7 @@ def lr_find(
     normal training batches (shuffled and augmented as in training: epoch 1's batches, then
     epoch 2's, ...), label smoothing, gradient clipping and precision. Restores everything
     afterwards (see :func:`preserved`); the validation and test splits are not used."""
-    from classlab.augment import augment
+    from classlab.augment import alternate_flip, augment
     from classlab.train import batch_indices, epoch_generator
 
     cfg = session.cfg
@@ -348,27 +348,37 @@ def lr_find(
     if len(x) == 0:
         raise ConfigError("lr-find: the training split is empty")
 
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Generator]]:
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Generator]]:
         epoch = 1
         while True:
             gen = epoch_generator(cfg.train.seed, epoch, session.device)
+            xe = x
+            if cfg.aug.flip_mode == "alternate" and "flip" in cfg.aug.ops:
+                xe = alternate_flip(x, epoch, cfg.train.seed)  # as training sees the epoch
             for idx in batch_indices(len(x), cfg.train.batch_size, gen):
-                yield idx, gen
+                yield xe, idx, gen
             epoch += 1
 
     stream = batches()
 
     def loss_fn(_step: int) -> torch.Tensor:
-        idx, gen = next(stream)
-        xb = session.normalize(x[idx])
+        xe, idx, gen = next(stream)
+        xb = session.normalize(xe[idx])
         if cfg.aug.ops:
             xb = augment(xb, gen, cfg.aug)
         logits = session.net(xb)  # the module training calls (compiled when asked)
         return F.cross_entropy(logits.float(), y[idx], label_smoothing=cfg.train.label_smoothing)
 
-    return lr_range_test(session.model, session.optimizer, loss_fn, amp=session.amp,
-                         grad_clip=cfg.train.grad_clip, start_lr=start_lr, end_lr=end_lr,
-                         steps=steps, smooth=smooth, diverge=diverge, progress=progress)
+    lookahead = session.lookahead
+    if lookahead is not None:  # the sweep measures the optimizer alone: no pull-backs
+        lookahead.active = False
+    try:
+        return lr_range_test(session.model, session.optimizer, loss_fn, amp=session.amp,
+                             grad_clip=cfg.train.grad_clip, start_lr=start_lr, end_lr=end_lr,
+                             steps=steps, smooth=smooth, diverge=diverge, progress=progress)
+    finally:
+        if lookahead is not None:
+            lookahead.active = True
 
 
 def main_lr_find(cfg: Any, data_dir: Path | None, *, steps: int = 200, start_lr: float = 1e-7,
