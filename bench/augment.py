@@ -36,6 +36,10 @@ def albumentations_pipeline():
         import cv2
     except ImportError:
         return None
+    # One OpenCV thread, as in a DataLoader worker (classlab's albumentations backend sets the
+    # same): per-image work gains nothing from a pool, and an idle pool's spinning threads
+    # would steal the core from the classlab passes interleaved with it.
+    cv2.setNumThreads(1)
     return A.Compose([
         A.PadIfNeeded(40, 40, border_mode=cv2.BORDER_CONSTANT, fill=0),
         A.RandomCrop(32, 32),

@@ -337,3 +337,12 @@ def test_augment_leaves_flipping_to_the_epoch_in_alternate_mode():
     assert torch.equal(augment(x, make_generator(0, "cpu"), cfg), x.flip(-1))
     assert augment(x, make_generator(0, "cpu"), cfg_with(ops=["flip"], flip_mode="alternate")) \
         is x
+
+
+@pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
+def test_fused_crop_then_flip_equals_the_two_ops(pad_mode):
+    x = batch()
+    cfg = cfg_with(ops=["crop", "flip", "cutout"], pad_mode=pad_mode)
+    g = make_generator(11, "cpu")
+    want = cutout(random_flip(random_crop(x, g, cfg), g, cfg), g, cfg)
+    assert torch.equal(augment(x, make_generator(11, "cpu"), cfg), want)

@@ -214,3 +214,14 @@ def test_cli_lr_find(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     err = capsys.readouterr().err
     assert err.startswith("classlab lr-find: error: lr-find: need 0 < start_lr < end_lr")
     assert err.count("\n") == 1
+
+
+def test_steepest_ignores_a_one_step_wiggle() -> None:
+    """A smoothed curve from noisy losses wiggles; the steepest descent is the broad one."""
+    import numpy as np
+
+    lrs = np.logspace(-7, 1, 200)
+    smoothed = 2.3 - 0.2 / (1 + np.exp(-2 * (np.log10(lrs) + 3)))  # steepest at 1e-3
+    smoothed[12] -= 0.01  # a one-step dip near 1.6e-7: locally steeper than the descent
+    got = suggest_steepest(lrs.tolist(), smoothed.tolist())
+    assert 3e-4 < got < 3e-3

@@ -70,30 +70,38 @@ def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: str,
-               bound: int) -> torch.Tensor:
-    """``out[i, :, y, x] = x[i, :, y + dy[i], x + dx[i]]``, outside pixels per ``pad_mode``.
+               mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[i, :, y, x] = x[i, :, y + dy[i], x + dx[i]]``, outside pixels per ``pad_mode``;
+    where bool ``mirror[i]``, the result is also flipped left-right (read column
+    ``W - 1 - x + dx[i]``), in the same gather.
 
-    dy, dx: integer ``[N]`` on ``x.device``, ``|dy|, |dx| <= bound``. This equals cropping
-    ``H x W`` at offset ``(bound + dy, bound + dx)`` out of ``x`` padded by ``bound``: one
-    ``gather`` on the flattened pixel axis. Reflect mode maps indices and needs no padded
-    copy; zeros mode gathers from a zero-padded copy, which is cheaper than masking the
-    outside pixels afterwards (3 vs 5 ms per 512 CIFAR images on one CPU core).
+    dy, dx: integer ``[N]`` on ``x.device``. This equals cropping ``H x W`` at offset
+    ``(p + dy, p + dx)`` out of ``x`` padded by ``p`` on every side, without building the
+    ``[N, C, H + 2p, W + 2p]`` padded copy: one ``gather`` on the flattened ``H * W`` axis.
+    Zeros mode clamps the indices and multiplies by a 0/1 inside-mask afterwards (3 ms per
+    512 CIFAR images on one CPU core; gathering from a zero-padded copy took 16 ms and
+    ``masked_fill`` with a broadcast mask 5 ms).
     """
     n, c, h, w = x.shape
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
     src_y = ys[None, :] + dy[:, None]  # [N, H] source row of each output row
     src_x = xs[None, :] + dx[:, None]  # [N, W] source column of each output column
+    if mirror is not None:
+        src_x = torch.where(mirror[:, None], xs.flip(0)[None, :] + dx[:, None], src_x)
+    keep = None
     if pad_mode == "reflect":
         src_y, src_x = _reflect_index(src_y, h), _reflect_index(src_x, w)
     elif pad_mode == "zeros":
-        x = F.pad(x, (bound, bound, bound, bound))  # [N, C, H + 2b, W + 2b]
-        src_y, src_x = src_y + bound, src_x + bound
+        in_y = ((src_y >= 0) & (src_y < h)).to(x.dtype)  # [N, H]
+        in_x = ((src_x >= 0) & (src_x < w)).to(x.dtype)  # [N, W]
+        keep = (in_y[:, :, None] * in_x[:, None, :])[:, None]  # [N, 1, H, W]: 1 inside
+        src_y, src_x = src_y.clamp(0, h - 1), src_x.clamp(0, w - 1)
     else:
         raise ValueError(f"pad_mode: unknown value {pad_mode!r}; allowed: zeros, reflect")
-    ph, pw = x.shape[-2:]
-    flat = (src_y[:, :, None] * pw + src_x[:, None, :]).reshape(n, 1, h * w)  # [N, 1, H*W]
-    return x.reshape(n, c, ph * pw).gather(2, flat.expand(n, c, h * w)).view(n, c, h, w)
+    flat = (src_y[:, :, None] * w + src_x[:, None, :]).reshape(n, 1, h * w)  # [N, 1, H*W]
+    out = x.reshape(n, c, h * w).gather(2, flat.expand(n, c, h * w)).view(n, c, h, w)
+    return out if keep is None else out * keep
 
 
 def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
@@ -110,7 +118,7 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.
         return x
     # [2, N]: row and column offsets, drawn in one call so both come from the same stream
     d = torch.randint(-p, p + 1, (2, x.shape[0]), generator=gen, device=x.device)
-    return _translate(x, d[0], d[1], cfg.pad_mode, p)
+    return _translate(x, d[0], d[1], cfg.pad_mode)
 
 
 # --------------------------------------------------------------------------- flip
@@ -221,16 +229,31 @@ def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tens
 
     With ``cfg.flip_mode == "alternate"`` the per-batch flip is skipped: the training loop
     mirrors the stored images per epoch instead (:func:`alternate_flip`)."""
-    for name in cfg.ops:
-        fn = AUGMENTATIONS.get(name)
+    ops = [name for name in cfg.ops if not (name == "flip" and cfg.flip_mode == "alternate")]
+    i = 0
+    while i < len(ops):
+        fn = AUGMENTATIONS.get(ops[i])
         if fn is None:
             raise ValueError(
-                f"aug.ops: unknown value {name!r}; allowed: {', '.join(sorted(AUGMENTATIONS))}"
+                f"aug.ops: unknown value {ops[i]!r}; allowed: {', '.join(sorted(AUGMENTATIONS))}"
             )
-        if name == "flip" and cfg.flip_mode == "alternate":
+        if ops[i:i + 2] == ["crop", "flip"] and cfg.crop_padding > 0 and cfg.flip_p > 0:
+            x = _crop_then_flip(x, gen, cfg)
+            i += 2
             continue
         x = fn(x, gen, cfg)
+        i += 1
     return x
+
+
+def _crop_then_flip(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+    """``random_flip(random_crop(x))`` bit for bit (the same draws in the same order), as one
+    gather instead of a gather plus a mirrored copy: ~2 ms less per 512 CIFAR images."""
+    _check_batch(x, "random_crop")
+    p = cfg.crop_padding
+    d = torch.randint(-p, p + 1, (2, x.shape[0]), generator=gen, device=x.device)
+    flip = torch.rand(x.shape[0], generator=gen, device=x.device) < cfg.flip_p  # [N]
+    return _translate(x, d[0], d[1], cfg.pad_mode, mirror=flip)
 
 
 def alternate_flip(x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:

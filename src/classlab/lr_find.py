@@ -150,13 +150,21 @@ def _window(n: int) -> tuple[int, int]:
 
 
 def suggest_steepest(lrs: list[float], smoothed: list[float]) -> float | None:
-    """LR of the most negative d(smoothed)/d(log10 lr); None with fewer than 5 points."""
+    """LR of the most negative d(smoothed)/d(log10 lr); None with fewer than 5 points.
+
+    The slope at point i is taken between points ``i - h`` and ``i + h`` with ``h`` about a
+    twentieth of the sweep: a neighbour-to-neighbour slope of a curve smoothed from noisy
+    per-step losses picked a wiggle at 2e-7 on real CIFAR-10 (300 steps, ResNet18/LN)."""
     if len(lrs) < 5:
         return None
     a, b = _window(len(lrs))
     x = np.log10(np.asarray(lrs[a:b], dtype=np.float64))
-    g = np.gradient(np.asarray(smoothed[a:b], dtype=np.float64), x)
-    return float(lrs[a + int(np.argmin(g))])
+    s = np.asarray(smoothed[a:b], dtype=np.float64)
+    h = max(1, len(s) // 20)
+    if len(s) <= 2 * h:
+        h = 1
+    slope = (s[2 * h:] - s[:-2 * h]) / (x[2 * h:] - x[:-2 * h])  # centred at h .. len - h - 1
+    return float(lrs[a + h + int(np.argmin(slope))])
 
 
 def suggest_valley(lrs: list[float], smoothed: list[float]) -> float | None:

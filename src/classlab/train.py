@@ -684,8 +684,9 @@ def _print_epoch(row: dict, n: dict[str, int]) -> None:
         if row[f"{split}_loss"] != row[f"{split}_loss"]:
             return ""
         return f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.2f}%  "
+    scored = f"{n['test']} test images, " if row["test_loss"] == row["test_loss"] else ""
     print(f"Epoch {row['epoch']}: {part('train')}{part('val')}{part('test')}"
-          f"({n['test']} test images, {row['seconds']:.1f}s)", flush=True)
+          f"({scored}{row['seconds']:.1f}s)", flush=True)
 
 
 # --------------------------------------------------------------------------- fit
