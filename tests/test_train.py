@@ -74,21 +74,25 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_resume_is_bit_identical_and_never_duplicates_rows(tmp_path):
-    full, _ = _run(tmp_path, "train.epochs=3", out="full")
-    # an interrupted run: stop after epoch 2 by asking for 3 but killing the loop
-    cfg = config.load(None, TINY + ["train.epochs=3"])
-    s, part = train.start_run(cfg, tmp_path / "part")
+def _interrupted_run(tmp_path, extra: list[str], after_epoch: int):
+    """Folder of a run stopped right after ``after_epoch`` (its files written), as if killed."""
 
     class Stop(Exception):
         pass
 
-    def stop_after_two(row):
-        if row["epoch"] == 2:
+    def stop(row):
+        if row["epoch"] == after_epoch:
             raise Stop
 
+    s, part = train.start_run(config.load(None, TINY + extra), tmp_path / "part")
     with pytest.raises(Stop):
-        train.fit(s, part, on_epoch=stop_after_two)
+        train.fit(s, part, on_epoch=stop)
+    return part
+
+
+def test_resume_is_bit_identical_and_never_duplicates_rows(tmp_path):
+    full, _ = _run(tmp_path, "train.epochs=3", out="full")
+    part = _interrupted_run(tmp_path, ["train.epochs=3"], after_epoch=2)
     # a partial epoch-3 line in the CSVs, as if killed mid-write
     with open(part / "metrics.csv", "a") as f:
         f.write("3,0.001,2.2")
@@ -236,18 +240,7 @@ def test_fast_recipe_options_resume_bit_identically(tmp_path):
     extra = ["train.epochs=3", "optim.lookahead_every=2", "aug.flip_mode=alternate",
              "train.eval_every=0"]
     full, _ = _run(tmp_path, *extra, out="full")
-    cfg = config.load(None, TINY + extra)
-    s, part = train.start_run(cfg, tmp_path / "part")
-
-    class Stop(Exception):
-        pass
-
-    def stop(row):
-        if row["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train.fit(s, part, on_epoch=stop)
+    part = _interrupted_run(tmp_path, extra, after_epoch=1)
     s2, epoch, best, wall = train.resume_run(part)
     assert epoch == 1 and s2.lookahead.steps == s2.steps_per_epoch
     train.fit(s2, part, epoch, best, wall)
