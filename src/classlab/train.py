@@ -752,7 +752,8 @@ def _train_and_evaluate(s: Session, epoch: int,
     lr = current_lr(s.optimizer)
     aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
     x_train, y_train = s.data["train"]
-    if cfg.aug.flip_mode == "alternate" and "flip" in cfg.aug.ops:
+    if cfg.aug.backend == "batched" and cfg.aug.flip_mode == "alternate" \
+            and "flip" in cfg.aug.ops:
         x_train = alternate_flip(x_train, epoch, cfg.train.seed)  # a copy of the whole set
     tr = train_one_epoch(
         s.net, x_train, y_train, optimizer=s.optimizer, stepper=s.stepper,
