@@ -233,6 +233,12 @@ def test_normalizer_matches_the_formula(channels_last):
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # a strided view (HWC data permuted to NCHW, as the albumentations backend hands over)
+    # comes out dense in the chosen layout, with the same values
+    view = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    out_v = train.Normalizer(mean, std, torch.device("cpu"), channels_last)(view)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out_v.is_contiguous(memory_format=fmt) and torch.equal(out_v, out)
 
 
 def test_fast_recipe_options_resume_bit_identically(tmp_path):

@@ -30,6 +30,7 @@ __all__ = [
     "alternate_flip",
     "augment",
     "cutout",
+    "epoch_images",
     "make_generator",
     "random_crop",
     "random_flip",
@@ -254,6 +255,15 @@ def _crop_then_flip(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> to
     d = torch.randint(-p, p + 1, (2, x.shape[0]), generator=gen, device=x.device)
     flip = torch.rand(x.shape[0], generator=gen, device=x.device) < cfg.flip_p  # [N]
     return _translate(x, d[0], d[1], cfg.pad_mode, mirror=flip)
+
+
+def epoch_images(x: torch.Tensor, epoch: int, seed: int, cfg: AugConfig) -> torch.Tensor:
+    """The stored training images ``x`` as the batched ops see them in ``epoch``: mirrored
+    per :func:`alternate_flip` when ``cfg.flip_mode`` is ``alternate`` and ``flip`` is in
+    ``cfg.ops`` (the per-batch flip is then skipped by :func:`augment`), else ``x`` itself."""
+    if cfg.flip_mode == "alternate" and "flip" in cfg.ops:
+        return alternate_flip(x, epoch, seed)
+    return x
 
 
 def alternate_flip(x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:

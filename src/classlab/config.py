@@ -462,23 +462,28 @@ def _walk(cfg: Any, prefix: str = ""):
             yield f"{prefix}{f.name}", value, f.metadata
 
 
-def validate(cfg: Config) -> None:
-    """Raise ConfigError for the first invalid field or inconsistent combination."""
-    for key, value, meta in _walk(cfg):
-        _check_field(key, value, meta)
-    if cfg.sched.name == "plateau" and cfg.sched.monitor.startswith("val_") \
-            and cfg.data.val_split == 0:
+def _validate_plateau_monitor(cfg: Config) -> None:
+    """ReduceLROnPlateau on a validation metric needs that metric after every epoch."""
+    if cfg.sched.name != "plateau" or not cfg.sched.monitor.startswith("val_"):
+        return
+    if cfg.data.val_split == 0:
         raise ConfigError(
             f"sched.monitor: {cfg.sched.monitor!r} needs a validation split but data.val_split "
             "is 0; allowed: set data.val_split > 0 or sched.monitor=train_loss"
         )
-    if cfg.sched.name == "plateau" and cfg.sched.monitor.startswith("val_") \
-            and cfg.train.eval_every != 1:
+    if cfg.train.eval_every != 1:
         raise ConfigError(
             f"train.eval_every: {cfg.train.eval_every} leaves epochs without the validation "
             f"metric that sched.monitor={cfg.sched.monitor!r} needs; allowed: 1, or "
             "sched.monitor=train_loss"
         )
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for the first invalid field or inconsistent combination."""
+    for key, value, meta in _walk(cfg):
+        _check_field(key, value, meta)
+    _validate_plateau_monitor(cfg)
     _validate_albumentations(cfg)
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", device)):

@@ -346,7 +346,7 @@ def lr_find(
     normal training batches (shuffled and augmented as in training: epoch 1's batches, then
     epoch 2's, ...), label smoothing, gradient clipping and precision. Restores everything
     afterwards (see :func:`preserved`); the validation and test splits are not used."""
-    from classlab.augment import alternate_flip, augment
+    from classlab.augment import augment, epoch_images
     from classlab.train import batch_indices, epoch_generator
 
     cfg = session.cfg
@@ -360,9 +360,7 @@ def lr_find(
         epoch = 1
         while True:
             gen = epoch_generator(cfg.train.seed, epoch, session.device)
-            xe = x
-            if cfg.aug.flip_mode == "alternate" and "flip" in cfg.aug.ops:
-                xe = alternate_flip(x, epoch, cfg.train.seed)  # as training sees the epoch
+            xe = epoch_images(x, epoch, cfg.train.seed, cfg.aug)  # as training sees it
             for idx in batch_indices(len(x), cfg.train.batch_size, gen):
                 yield xe, idx, gen
             epoch += 1

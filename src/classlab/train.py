@@ -29,7 +29,7 @@ from torch import nn
 
 from classlab import _io, config
 from classlab.api import make_callable
-from classlab.augment import alternate_flip, augment, make_generator
+from classlab.augment import augment, epoch_images, make_generator
 from classlab.config import Config
 from classlab.data import Splits, load_splits
 from classlab.dynamics import DynamicsLogger
@@ -160,11 +160,14 @@ class Normalizer:
         self.scale = (1.0 / (255.0 * std_t)).float()
         self.shift = (-mean_t / std_t).float()
         self.channels_last = channels_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.float().mul_(self.scale).add_(self.shift)
-        return out.contiguous(memory_format=self.memory_format)
+        out = x.float().mul_(self.scale).add_(self.shift)  # keeps x's strides
+        # Always a dense copy in the chosen layout: x may be a strided view (the
+        # albumentations backend hands over HWC arrays permuted to NCHW), and such input
+        # made the backward pass abort.
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return out.contiguous(memory_format=fmt)
 
 
 def batch_indices(n: int, batch_size: int, gen: torch.Generator | None) -> list[torch.Tensor]:
@@ -752,9 +755,8 @@ def _train_and_evaluate(s: Session, epoch: int,
     lr = current_lr(s.optimizer)
     aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
     x_train, y_train = s.data["train"]
-    if cfg.aug.backend == "batched" and cfg.aug.flip_mode == "alternate" \
-            and "flip" in cfg.aug.ops:
-        x_train = alternate_flip(x_train, epoch, cfg.train.seed)  # a copy of the whole set
+    if cfg.aug.backend == "batched":  # the albumentations workers read the stored images
+        x_train = epoch_images(x_train, epoch, cfg.train.seed, cfg.aug)
     tr = train_one_epoch(
         s.net, x_train, y_train, optimizer=s.optimizer, stepper=s.stepper,
         normalize=s.normalize, augment_fn=aug,
