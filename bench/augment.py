@@ -24,7 +24,7 @@ from _common import cpu, interleaved, load1, machine_line, wall  # noqa: E402
 
 from classlab.augment import augment, make_generator  # noqa: E402
 from classlab.config import AugConfig  # noqa: E402
-from classlab.train import Normalizer  # noqa: E402
+from classlab.engine import Normalizer  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

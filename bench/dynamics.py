@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, machine_line, median  # noqa: E402
 
 from classlab.config import ModelConfig, OptimConfig, SchedConfig  # noqa: E402
-from classlab.dynamics import DynamicsLogger  # noqa: E402
+from classlab.engine import Amp, Normalizer, epoch_generator, train_one_epoch  # noqa: E402
+from classlab.engine.dynamics import DynamicsLogger  # noqa: E402
 from classlab.models import build_model  # noqa: E402
 from classlab.optim import build_optimizer, build_scheduler  # noqa: E402
-from classlab.train import Amp, Normalizer, epoch_generator, train_one_epoch  # noqa: E402
 
 
 def main() -> int:

@@ -33,6 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load1, machine_line  # noqa: E402
 
+from classlab.engine import evaluate
+from classlab.run.session import session_from_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -104,8 +107,9 @@ def phases(args: argparse.Namespace) -> None:
     from classlab import config
     from classlab.augment import augment
     from classlab.data import load_splits
+    from classlab.engine import epoch_generator, evaluate, train_one_epoch
     from classlab.models import build_model
-    from classlab.train import build_session, epoch_generator, evaluate, train_one_epoch
+    from classlab.run.session import build_session
 
     t_import = clk.lap()
     cfg = config.load(ROOT / args.config if not Path(args.config).is_absolute()
@@ -173,14 +177,13 @@ def phases(args: argparse.Namespace) -> None:
 
 def tta_table(args: argparse.Namespace) -> None:
     """Accuracy and time of each TTA mode on a finished run's (EMA) weights."""
-    from classlab import train
 
-    s, state = train.session_from_run(Path(args.tta), Path(args.data_dir))
+    s, state = session_from_run(Path(args.tta), Path(args.data_dir))
     xt, yt = s.data["test"]
     print(f"{args.tta} (epoch {state['epoch']}, {s.cfg.model.name} width {s.cfg.model.width})")
     for tta in ("none", "flip", "flip_translate"):
         t = time.perf_counter()
-        res = train.evaluate(s.model, xt, yt, normalize=s.normalize,
+        res = evaluate(s.model, xt, yt, normalize=s.normalize,
                              batch_size=s.cfg.train.eval_batch_size, amp=s.amp, tta=tta)
         print(f"  tta={tta:15s} test acc {res.acc:6.2f}%  {time.perf_counter() - t:6.1f} s")
 

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu, interleaved, load1, machine_line, wall  # noqa: E402
 
 from classlab.config import ModelConfig, OptimConfig, SchedConfig  # noqa: E402
+from classlab.engine import Amp, Normalizer, batch_indices, epoch_generator, train_one_epoch  # noqa: E402,E501
 from classlab.models import build_model  # noqa: E402
 from classlab.optim import build_optimizer, build_scheduler  # noqa: E402
-from classlab.train import Amp, Normalizer, batch_indices, epoch_generator, train_one_epoch  # noqa: E402,E501
 
 
 def main() -> int:

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load1, machine_line  # noqa: E402
 
 from classlab.config import ModelConfig  # noqa: E402
+from classlab.engine import Amp  # noqa: E402
 from classlab.models import build_model  # noqa: E402
-from classlab.train import Amp  # noqa: E402
 
 VARIANTS = {  # name -> (precision, channels_last, compile)
     "fp32": ("fp32", False, False),

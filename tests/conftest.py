@@ -29,17 +29,9 @@ def _tiny_config():
 @_pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: _pytest.TempPathFactory) -> _Path:
     """Folder of a finished 1-epoch synthetic run (do not write into it; copy it)."""
-    import torch
+    from classlab.run.flow import train_run
 
-    from classlab import train
-
-    threads = torch.get_num_threads()  # train.threads=1 sets it globally; put it back
-    try:
-        s, run_dir = train.start_run(_tiny_config(), tmp_path_factory.mktemp("tiny_runs"))
-        train.fit(s, run_dir)
-    finally:
-        torch.set_num_threads(threads)
-    return run_dir
+    return train_run(_tiny_config(), out=tmp_path_factory.mktemp("tiny_runs")).run_dir
 
 
 def _copy_run(src: _Path, dst_parent: _Path, files: tuple[str, ...] | None = None) -> _Path:
@@ -65,13 +57,7 @@ def copy_run():
 def tiny_diagnosed(tiny_run: _Path, tmp_path_factory: _pytest.TempPathFactory) -> tuple:
     """(run folder, result dict) of ``diagnose_run`` on a copy of ``tiny_run``: 6 mistakes,
     Grad-CAM at layer1..layer4, loaded from last.pt as ``classlab diagnose`` does."""
-    import torch
-
-    from classlab.diagnose import diagnose_run
+    from classlab.run.diagnosis import diagnose_run
 
     run_dir = _copy_run(tiny_run, tmp_path_factory.mktemp("tiny_diagnosed"))
-    threads = torch.get_num_threads()
-    try:
-        return run_dir, diagnose_run(run_dir)
-    finally:
-        torch.set_num_threads(threads)
+    return run_dir, diagnose_run(run_dir)

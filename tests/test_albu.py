@@ -18,10 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classlab import albu, config
-from classlab.augment import augment, make_generator
+from classlab import config
+from classlab.augment import albu, augment, make_generator
 from classlab.cli import main
 from classlab.config import ALBUMENTATIONS_DEFAULT, AugConfig, ConfigError
+from classlab.run.checks import check_environment
+from classlab.rundir.metrics import read_metrics
 
 needs_albu = pytest.mark.skipif(find_spec("albumentations") is None,
                                 reason="albumentations is not installed")
@@ -41,6 +43,14 @@ def _without_albumentations(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- config
 
 
+def _load_checked(overrides):
+    """What `classlab train` does before anything is written: load the config (its shape),
+    then check what needs the package (the transforms themselves)."""
+    cfg = config.load(None, overrides)
+    check_environment(cfg)
+    return cfg
+
+
 def test_batched_backend_never_needs_the_package(monkeypatch):
     _without_albumentations(monkeypatch)
     cfg = config.load(None)
@@ -57,7 +67,7 @@ def test_missing_package_is_one_line_and_exit_2_without_a_run_folder(monkeypatch
                                                                       capsys):
     _without_albumentations(monkeypatch)
     with pytest.raises(ConfigError) as e:
-        config.load(None, ALBU)
+        _load_checked(ALBU)
     assert str(e.value) == albu.INSTALL_HINT == (
         "aug.backend=albumentations needs the albumentations package: "
         "pip install 'classlab[albumentations]'")
@@ -97,7 +107,7 @@ def test_missing_package_is_one_line_and_exit_2_without_a_run_folder(monkeypatch
 ])
 def test_each_error_is_one_line_naming_the_key(value, pattern):
     with pytest.raises(ConfigError, match=pattern) as e:
-        config.load(None, [*ALBU, f"aug.albumentations={value}"])
+        _load_checked([*ALBU, f"aug.albumentations={value}"])
     assert len(str(e.value).splitlines()) == 1
 
 
@@ -123,7 +133,7 @@ def test_cli_config_errors_exit_2_without_a_run_folder(tmp_path, capsys, value, 
 def test_default_pipeline_builds_and_keeps_size_and_dtype():
     import numpy as np
 
-    cfg = config.load(None, ALBU)  # validated at load time
+    cfg = _load_checked(ALBU)
     compose = albu.build_compose(cfg.aug.albumentations, fill=(125.0, 123.0, 114.0))
     names = [type(t).__name__ for t in compose.transforms]
     assert names == [s["name"] for s in ALBUMENTATIONS_DEFAULT]
@@ -144,7 +154,7 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 def _epoch(source: albu.AlbuBatches, n: int, batch_size: int, epoch: int,
            seed: int = 1) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(index batches, image batches) of one epoch, drawn as train_one_epoch draws them."""
-    from classlab.train import batch_indices, epoch_generator
+    from classlab.engine import batch_indices, epoch_generator
 
     gen = epoch_generator(seed, epoch, torch.device("cpu"))
     batches = batch_indices(n, batch_size, gen)
@@ -196,9 +206,8 @@ def test_tiny_run_with_the_albumentations_backend(tmp_path, capsys):
     for f in ("config.yaml", "metrics.csv", "summary.json", "last.pt"):
         assert (run_dir / f).is_file(), f
     assert config.load(run_dir / "config.yaml").aug.backend == "albumentations"
-    from classlab import train
 
-    rows = train.read_metrics(run_dir / "metrics.csv")
+    rows = read_metrics(run_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2] and all(r["train_loss"] > 0 for r in rows)
 
 

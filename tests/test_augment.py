@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classlab.augment import (
+from classlab.augment.batched import (
     AUGMENTATIONS,
     _cutout_mask,
     _rotate,

@@ -12,7 +12,7 @@ from classlab.config import Config, ConfigError
 
 def test_defaults_validate_and_every_field_documents_itself():
     cfg = config.load()
-    for key, _value, meta in config._walk(cfg):
+    for key, _value, meta in config.walk(cfg):
         assert meta.get("help"), f"{key} has no help text"
     ref = config.reference()
     assert "`optim.lr`" in ref and "`sched.name`" in ref

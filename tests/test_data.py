@@ -20,7 +20,7 @@ import torch
 
 from classlab import data
 from classlab.config import DataConfig
-from classlab.data import DataError
+from classlab.data import DataError, cifar, download
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
@@ -80,7 +80,7 @@ def _expected(batches: dict) -> tuple[np.ndarray, np.ndarray]:
 def bin_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
     batches = _fake_batches()
     md5s = _write_bin(tmp_path / "cifar-10-batches-bin", batches)
-    monkeypatch.setattr(data, "CIFAR10_BIN_MD5S", md5s)
+    monkeypatch.setattr(cifar, "CIFAR10_BIN_MD5S", md5s)
     return tmp_path, batches
 
 
@@ -91,7 +91,7 @@ def test_read_bin_layout_labels_and_order(tmp_path: Path) -> None:
     batches = _fake_batches()
     folder = tmp_path / "cifar-10-batches-bin"
     md5s = _write_bin(folder, batches)
-    x, y, xt, yt, classes = data.read_cifar10_bin(folder, md5s)
+    x, y, xt, yt, classes = cifar.read_cifar10_bin(folder, md5s)
     assert x.shape == (100, 3, 32, 32) and x.dtype == torch.uint8
     assert y.shape == (100,) and y.dtype == torch.int64
     assert xt.shape == (20, 3, 32, 32) and yt.dtype == torch.int64
@@ -112,8 +112,8 @@ def test_read_py_equals_bin(tmp_path: Path) -> None:
     batches = _fake_batches()
     md5_py = _write_py(tmp_path / "cifar-10-batches-py", batches)
     md5_bin = _write_bin(tmp_path / "cifar-10-batches-bin", batches)
-    a = data.read_cifar10_py(tmp_path / "cifar-10-batches-py", md5_py)
-    b = data.read_cifar10_bin(tmp_path / "cifar-10-batches-bin", md5_bin)
+    a = cifar.read_cifar10_py(tmp_path / "cifar-10-batches-py", md5_py)
+    b = cifar.read_cifar10_bin(tmp_path / "cifar-10-batches-bin", md5_bin)
     assert a[4] == b[4] == CLASSES
     for ta, tb in zip(a[:4], b[:4], strict=True):
         assert ta.dtype == tb.dtype and torch.equal(ta, tb)
@@ -149,7 +149,7 @@ def test_read_py_python2_pickles(tmp_path: Path) -> None:
                                                  "labels": [int(v) for v in y]}))
     (folder / "batches.meta").write_bytes(_py2_pickle({"label_names": CLASSES}))
     md5s = {n: _md5(folder / n) for n in batches}
-    x, y, xt, yt, classes = data.read_cifar10_py(folder, md5s)
+    x, y, xt, yt, classes = cifar.read_cifar10_py(folder, md5s)
     ex, ey = _expected(batches)
     assert classes == CLASSES and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert np.array_equal(x.numpy(), ex) and np.array_equal(y.numpy(), ey)
@@ -167,14 +167,14 @@ def test_py_pickle_with_code_is_refused(tmp_path: Path) -> None:
 
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": Evil()}))
     with pytest.raises(DataError, match="batches.meta: not a CIFAR-10 pickle"):
-        data.read_cifar10_py(folder, md5s)
+        cifar.read_cifar10_py(folder, md5s)
 
 
 def test_loader_finds_either_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     batches = _fake_batches()
-    monkeypatch.setattr(data, "CIFAR10_PY_MD5S", _write_py(tmp_path / "p" / "cifar-10-batches-py",
+    monkeypatch.setattr(cifar, "CIFAR10_PY_MD5S", _write_py(tmp_path / "p" / "cifar-10-batches-py",
                                                            batches))
-    monkeypatch.setattr(data, "CIFAR10_BIN_MD5S",
+    monkeypatch.setattr(cifar, "CIFAR10_BIN_MD5S",
                         _write_bin(tmp_path / "b" / "cifar-10-batches-bin", batches))
     cfg = DataConfig(val_split=0.0)
     a = data.load_splits(cfg, tmp_path / "p")
@@ -210,17 +210,17 @@ def test_wrong_size_and_missing_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-1])
     md5s["test_batch.bin"] = _md5(path)  # checksum "right", size not whole records
     with pytest.raises(DataError, match=r"test_batch\.bin: wrong size"):
-        data.read_cifar10_bin(folder, md5s)
+        cifar.read_cifar10_bin(folder, md5s)
     path.unlink()
     with pytest.raises(DataError, match=r"test_batch\.bin: missing"):
-        data.read_cifar10_bin(folder, md5s)
+        cifar.read_cifar10_bin(folder, md5s)
 
 
 def test_published_checksums_used_by_default(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-bin"
     _write_bin(folder, _fake_batches())
     with pytest.raises(DataError, match=r"data_batch_1\.bin: checksum mismatch"):
-        data.read_cifar10_bin(folder)
+        cifar.read_cifar10_bin(folder)
 
 
 def test_missing_data_names_folder(tmp_path: Path) -> None:
@@ -272,7 +272,7 @@ def test_stratified_split_exact_disjoint_deterministic(bin_root) -> None:
 def test_stratified_split_unequal_classes(tmp_path: Path, monkeypatch) -> None:
     counts = np.array([19, 16, 14, 12, 10, 9, 8, 6, 4, 2])
     labels = np.random.default_rng(1).permutation(np.repeat(np.arange(10), counts))
-    monkeypatch.setattr(data, "CIFAR10_BIN_MD5S",
+    monkeypatch.setattr(cifar, "CIFAR10_BIN_MD5S",
                         _write_bin(tmp_path / "cifar-10-batches-bin", _fake_batches(labels)))
     s = data.load_splits(DataConfig(dir=str(tmp_path), val_split=0.25))
     got = s.val_y.bincount(minlength=10).numpy()
@@ -352,13 +352,13 @@ def test_download_then_load(served, tmp_path: Path, monkeypatch) -> None:
     _, base, md5s, archive_md5 = served
     root = tmp_path / "root"
     url = f"{base}/cifar-10-python.tar.gz"
-    monkeypatch.setattr(data, "CIFAR10_ARCHIVE_MD5", archive_md5)
-    monkeypatch.setattr(data, "CIFAR10_PY_MD5S", md5s)
+    monkeypatch.setattr(cifar, "CIFAR10_ARCHIVE_MD5", archive_md5)
+    monkeypatch.setattr(cifar, "CIFAR10_PY_MD5S", md5s)
     s = data.load_splits(DataConfig(dir=str(root), download=True, url=url, val_split=0.2))
     assert s.train_x.shape == (80, 3, 32, 32) and _ids(s.test_x) == list(range(100, 120))
     assert os.listdir(root) == ["cifar-10-batches-py"]  # no temp files left
     with pytest.raises(DataError, match="already exists"):
-        data.download_cifar10(root, url, archive_md5=archive_md5, file_md5s=md5s)
+        cifar.download_cifar10(root, url, archive_md5=archive_md5, file_md5s=md5s)
 
 
 def test_download_bad_archive_md5_leaves_nothing(served, tmp_path: Path) -> None:
@@ -367,12 +367,12 @@ def test_download_bad_archive_md5_leaves_nothing(served, tmp_path: Path) -> None
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(DataError, match="archive checksum mismatch") as e:
-        data.download_cifar10(root, url, archive_md5="0" * 32, file_md5s=md5s)
+        cifar.download_cifar10(root, url, archive_md5="0" * 32, file_md5s=md5s)
     assert url in str(e.value)
     assert os.listdir(root) == []
     fresh = tmp_path / "fresh" / "root"
     with pytest.raises(DataError):
-        data.download_cifar10(fresh, url, archive_md5="0" * 32, file_md5s=md5s)
+        cifar.download_cifar10(fresh, url, archive_md5="0" * 32, file_md5s=md5s)
     assert not fresh.exists()
 
 
@@ -382,7 +382,7 @@ def test_download_bad_batch_md5_leaves_nothing(served, tmp_path: Path) -> None:
     root.mkdir()
     bad = {**md5s, "data_batch_4": "0" * 32}
     with pytest.raises(DataError, match=r"data_batch_4: checksum mismatch"):
-        data.download_cifar10(root, f"{base}/cifar-10-python.tar.gz", archive_md5=archive_md5,
+        cifar.download_cifar10(root, f"{base}/cifar-10-python.tar.gz", archive_md5=archive_md5,
                               file_md5s=bad)
     assert os.listdir(root) == []
 
@@ -394,7 +394,7 @@ def test_download_unsafe_archive_leaves_nothing(served, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(DataError, match="unsafe archive member"):
-        data.download_cifar10(root, f"{base}/evil.tar.gz",
+        cifar.download_cifar10(root, f"{base}/evil.tar.gz",
                               archive_md5=hashlib.md5(archive).hexdigest(), file_md5s=md5s)
     assert os.listdir(root) == [] and not (tmp_path / "evil").exists()
 
@@ -403,14 +403,14 @@ def test_download_network_errors(served, tmp_path: Path) -> None:
     _, base, md5s, _ = served
     url = f"{base}/missing.tar.gz"
     with pytest.raises(DataError, match="HTTP 404") as e:
-        data.download_cifar10(tmp_path / "r", url, file_md5s=md5s)
+        cifar.download_cifar10(tmp_path / "r", url, file_md5s=md5s)
     assert url in str(e.value) and "\n" not in str(e.value)
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.tar.gz"
     with pytest.raises(DataError, match=f"cannot download {url}: ") as e:
-        data.download_cifar10(tmp_path / "r", url, file_md5s=md5s, timeout=5)
+        cifar.download_cifar10(tmp_path / "r", url, file_md5s=md5s, timeout=5)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "r").exists()
 
@@ -451,7 +451,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tar
 def test_safe_extract_rejects(tmp_path: Path, info: tarfile.TarInfo, why: str) -> None:
     dest = tmp_path / "dest"
     with _tar_with(info, b"evil") as tar, pytest.raises(DataError, match=why) as e:
-        data.safe_extract(tar, dest)
+        download.safe_extract(tar, dest)
     assert "unsafe archive member" in str(e.value)
     assert not dest.exists() or os.listdir(dest) == []
     assert not (tmp_path / "x").exists()
@@ -459,7 +459,7 @@ def test_safe_extract_rejects(tmp_path: Path, info: tarfile.TarInfo, why: str) -
 
 def test_safe_extract_plain_files(tmp_path: Path) -> None:
     with _tar_with(_member("sub", tarfile.DIRTYPE)) as tar:
-        data.safe_extract(tar, tmp_path / "dest")
+        download.safe_extract(tar, tmp_path / "dest")
     assert (tmp_path / "dest" / "ok.txt").read_bytes() == b"ok"
     assert (tmp_path / "dest" / "sub").is_dir()
 

@@ -8,7 +8,9 @@ import sys
 
 import torch
 
-from classlab import _io, config, train
+from classlab import config
+from classlab.run.session import build_session
+from classlab.rundir.checkpoint import load_checkpoint
 
 # 64 training images, batch 64: exactly one optimizer step per epoch. LayerNorm (no batch
 # statistics) so a 2-process step must equal a 1-process step on the same global batch.
@@ -34,12 +36,12 @@ def test_two_processes_step_like_one_process_with_the_same_global_batch(tmp_path
     single, _ = _train(tmp_path, "single")
     multi, res = _train(tmp_path, "multi", "--nproc", "2")
     assert "2 processes" in res.stdout
-    a = _io.load_checkpoint(single / "last.pt")["model"]
-    b = _io.load_checkpoint(multi / "last.pt")["model"]
+    a = load_checkpoint(single / "last.pt")["model"]
+    b = load_checkpoint(multi / "last.pt")["model"]
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
     # and that step really moved the weights away from the (seeded) initialisation
-    init = train.build_session(config.load(None, ONE_STEP)).model.state_dict()
+    init = build_session(config.load(None, ONE_STEP)).model.state_dict()
     assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-4
     for f in ("config.yaml", "metrics.csv", "summary.json", "last.pt"):
         assert (multi / f).is_file()

@@ -12,9 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classlab import cli, train
-from classlab.diagnose import CAMS, DiagnoseError, capture, compute_cams, diagnose_run
+from classlab import cli
+from classlab.diagnose import CAMS, DiagnoseError, capture, compute_cams
 from classlab.models import MODELS, resnet18
+from classlab.run.diagnosis import diagnose_run
+from classlab.run.fit import fit
+from classlab.run.folder import start_run
+from classlab.run.session import session_from_run
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 
@@ -336,7 +340,7 @@ def test_diagnose_run_writes_everything(tiny_diagnosed: tuple) -> None:
 def test_diagnose_run_with_a_session_and_options(tiny_run: Path, tmp_path: Path,
                                                  copy_run) -> None:
     run_dir = copy_run(tiny_run, tmp_path)
-    s, _ = train.session_from_run(run_dir)
+    s, _ = session_from_run(run_dir)
     s.model.train()
     res = diagnose_run(run_dir, session=s, layers=["layer4", "layer2.1.conv2"],
                        method="layercam", count=2, target="true")
@@ -358,8 +362,8 @@ def test_predictions_are_those_of_the_reported_weights_and_tta(tmp_path: Path) -
         "train": {"epochs": 1, "batch_size": 50, "progress": False, "device": "cpu",
                   "threads": 1, "ema_decay": 0.5, "tta": "flip"},
         "diagnose": {"enabled": False}})
-    s, run_dir = train.start_run(cfg, tmp_path)
-    summary = train.fit(s, run_dir)
+    s, run_dir = start_run(cfg, tmp_path)
+    summary = fit(s, run_dir)
     for session in (s, None):
         res = diagnose_run(run_dir, session=session, layers=["layer4"], count=2)
         assert res["test_acc"] == pytest.approx(summary["final"]["test_acc"], abs=1e-9)
@@ -419,20 +423,23 @@ def test_diagnose_reuses_the_last_epochs_test_outputs(tiny_run, tmp_path, monkey
     running the test set through the model again, and they give the reported accuracy."""
     import shutil
 
-    from classlab import train as train_mod
+    from classlab.diagnose import run as diagnose_module
+    from classlab.rundir import RunFiles
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    assert (run / train_mod.TEST_OUTPUTS).is_file()
+    outputs = RunFiles(run).test_outputs
+    assert outputs.is_file()
     calls = []
-    real = train_mod.evaluate
-    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = diagnose_module.evaluate
+    monkeypatch.setattr(diagnose_module, "evaluate",
+                        lambda *a, **k: calls.append(k) or real(*a, **k))
     res = diagnose_run(run, count=2, layers=["layer4"])
     assert not any(k.get("keep_outputs") for k in calls)
     summary = json.loads((run / "summary.json").read_text())
     assert res["test_acc"] == pytest.approx(summary["final"]["test_acc"])
     # a cache that belongs to another checkpoint is not trusted
-    (run / train_mod.TEST_OUTPUTS).write_bytes(b"garbage")
+    outputs.write_bytes(b"garbage")
     res2 = diagnose_run(run, count=2, layers=["layer4"])
     assert any(k.get("keep_outputs") for k in calls)
     assert res2["test_acc"] == pytest.approx(res["test_acc"])

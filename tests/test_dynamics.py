@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as lrs
 
-from classlab import config, train
+from classlab import config
 from classlab.cli import main
-from classlab.dynamics import DynamicsLogger, flag_layers, read_dynamics, report_section
+from classlab.engine.dynamics import DynamicsLogger
+from classlab.report.dynamics import flag_layers, read_dynamics, report_section
+from classlab.run.fit import fit
+from classlab.run.folder import start_run
 
 
 def _toy():
@@ -86,8 +89,8 @@ def test_training_writes_dynamics_and_the_report_section(tmp_path):
     cfg = config.load(None, ["data.name=synthetic", "data.synthetic_size=200", "model.width=4",
                              "train.epochs=1", "train.batch_size=32", "train.progress=false",
                              "log.dynamics_every=2"])
-    s, run_dir = train.start_run(cfg, tmp_path)
-    train.fit(s, run_dir)
+    s, run_dir = start_run(cfg, tmp_path)
+    fit(s, run_dir)
     rows = list(csv.DictReader(open(run_dir / "dynamics.csv")))
     assert {r["step"] for r in rows if r["metric"] == "grad_norm"} == \
         {str(i) for i in range(0, s.steps_per_epoch, 2)}
@@ -127,7 +130,7 @@ def test_schedule_explains_plateau(tmp_path, capsys):
 
 
 def test_compare_overlays_runs(tmp_path):
-    from classlab.dynamics import plot_compare
+    from classlab.report.dynamics import plot_compare
 
     dirs = []
     for sched in ("onecycle", "step"):
@@ -135,8 +138,8 @@ def test_compare_overlays_runs(tmp_path):
                                  "model.width=4", "train.epochs=1", "train.batch_size=30",
                                  "train.progress=false", "log.dynamics_every=1",
                                  f"sched.name={sched}", f"name={sched}"])
-        s, run_dir = train.start_run(cfg, tmp_path)
-        train.fit(s, run_dir)
+        s, run_dir = start_run(cfg, tmp_path)
+        fit(s, run_dir)
         dirs.append((sched, run_dir))
     out = plot_compare(dirs, tmp_path / "cmp.png")
     assert out is not None and out.stat().st_size > 0

@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from test_models import output_shapes
 
-from classlab import config, train
+from classlab import config
 from classlab.config import ModelConfig
 from classlab.diagnose import compute_cams
 from classlab.models import MODELS, NORMS, FastNet, build_model, count_params
+from classlab.run.fit import fit
+from classlab.run.folder import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_CONFIGS = sorted((ROOT / "experiments").glob("fast*.yaml"))
@@ -137,8 +139,8 @@ def test_fast_recipe_learns_synthetic(tmp_path: Path) -> None:
         "train.epochs=4", "train.batch_size=64", "optim.lr=0.094", "train.threads=1",
         "sched.warmup_epochs=0.5"])
     try:
-        s, run_dir = train.start_run(cfg, tmp_path)
-        summary = train.fit(s, run_dir)
+        s, run_dir = start_run(cfg, tmp_path)
+        summary = fit(s, run_dir)
     finally:
         torch.set_num_threads(threads)
     print(summary["final"])

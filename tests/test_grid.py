@@ -12,9 +12,13 @@ import pytest
 import torch
 import yaml
 
-from classlab import config, grid, train
+from classlab import config, grid
 from classlab.cli import main
 from classlab.config import ConfigError
+from classlab.run.fit import fit
+from classlab.run.folder import resume_run
+from classlab.rundir import METRIC_FIELDS
+from classlab.rundir.metrics import read_metrics
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = {"data": {"name": "synthetic", "synthetic_size": 200}, "model": {"width": 4},
@@ -133,7 +137,7 @@ def test_skip_finished_resume_unfinished_restart_without_checkpoint(tmp_path, ca
     assert (b / "last.pt").stat().st_mtime_ns == mtime_b  # not retrained
     assert (a / "metrics.csv").read_text().splitlines()[1] == first_row_a
     for d in (a, b, c):
-        assert [r["epoch"] for r in train.read_metrics(d / "metrics.csv")] == [1, 2]
+        assert [r["epoch"] for r in read_metrics(d / "metrics.csv")] == [1, 2]
         assert _summary(d)["status"] == "finished"
 
     mtimes = [(d / "last.pt").stat().st_mtime_ns for d in (a, b, c)]
@@ -149,9 +153,9 @@ def _stop_after_first_epoch(point_dir: Path) -> None:
     def stop(row: dict) -> None:
         raise Stop
 
-    s, *_ = train.resume_run(point_dir)
+    s, *_ = resume_run(point_dir)
     with pytest.raises(Stop):
-        train.fit(s, point_dir, on_epoch=stop)
+        fit(s, point_dir, on_epoch=stop)
     assert _summary(point_dir)["status"] == "running"
 
 
@@ -186,7 +190,7 @@ def _fake_point(point_dir: Path, *, status: str | None, params: int = 0, done: i
         "epochs_done": done, "final": dict(zip(keys, final)) if final else None,
         "best_by_val": {"epoch": best[0], "test_acc": best[1]} if best else None,
         "seconds_per_epoch": spe}))
-    lines = [",".join(train.METRIC_FIELDS)]
+    lines = [",".join(METRIC_FIELDS)]
     lines += [f"{e},0.001,1.0,{e},1.0,{e},1.0,{30 + e},1.0" for e in range(1, done + 1)]
     (point_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 

@@ -20,9 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
-from classlab import config, data, train
+from classlab import config, data
 from classlab.config import ConfigError, DataConfig
-from classlab.data import DataError
+from classlab.data import DataError, cifar
+from classlab.run.fit import fit
+from classlab.run.folder import start_run
 
 COLOURS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "cat": (30, 30, 200)}
 
@@ -164,8 +166,8 @@ def test_imagefolder_trains_and_class_names_reach_the_run(tmp_path: Path) -> Non
                              "diagnose.enabled=false"])
     threads = torch.get_num_threads()
     try:
-        s, run_dir = train.start_run(cfg, tmp_path / "runs")
-        train.fit(s, run_dir)
+        s, run_dir = start_run(cfg, tmp_path / "runs")
+        fit(s, run_dir)
     finally:
         torch.set_num_threads(threads)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -221,9 +223,9 @@ def _ids(x: torch.Tensor) -> list[int]:
 
 def test_cifar100_both_releases_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _fake_c100()
-    monkeypatch.setattr(data, "CIFAR100_PY_MD5S", _write_c100_py(
+    monkeypatch.setattr(cifar, "CIFAR100_PY_MD5S", _write_c100_py(
         tmp_path / "p" / "cifar-100-python", fake))
-    monkeypatch.setattr(data, "CIFAR100_BIN_RECORDS", _write_c100_bin(
+    monkeypatch.setattr(cifar, "CIFAR100_BIN_RECORDS", _write_c100_bin(
         tmp_path / "b" / "cifar-100-binary", fake))
     cfg = DataConfig(name="cifar100", val_split=0.0)
     py = data.load_splits(cfg, tmp_path / "p")
@@ -242,24 +244,24 @@ def test_cifar100_integrity_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     fake = _fake_c100()
     py = tmp_path / "p" / "cifar-100-python"
     md5s = _write_c100_py(py, fake)
-    assert data.CIFAR100_PY_MD5S == {"train": "16019d7e3df5f24257cddd939b257f8d",
+    assert cifar.CIFAR100_PY_MD5S == {"train": "16019d7e3df5f24257cddd939b257f8d",
                                      "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
     with pytest.raises(DataError, match="train: checksum mismatch"):  # the published MD5s
-        data.read_cifar100_py(py)
-    assert data.read_cifar100_py(py, md5s)[4] == FINE
+        cifar.read_cifar100_py(py)
+    assert cifar.read_cifar100_py(py, md5s)[4] == FINE
     bn = tmp_path / "b" / "cifar-100-binary"
     records = _write_c100_bin(bn, fake)
     with pytest.raises(DataError, match=r"train.bin: wrong size 92220 bytes, expected "
                                         r"153700000 \(50000 records"):
-        data.read_cifar100_bin(bn)
+        cifar.read_cifar100_bin(bn)
     (bn / "test.bin").write_bytes((bn / "test.bin").read_bytes()[:-1])
     with pytest.raises(DataError, match="test.bin: wrong size"):
-        data.read_cifar100_bin(bn, records)
+        cifar.read_cifar100_bin(bn, records)
     bad = np.concatenate([np.full((10, 1), 20, np.uint8), np.zeros((10, 3073), np.uint8)], 1)
     (bn / "test.bin").write_bytes(bad.tobytes())  # coarse label 20: out of range
     with pytest.raises(DataError, match=r"test.bin: labels outside 0..19"):
-        data.read_cifar100_bin(bn, records)
-    monkeypatch.setattr(data, "CIFAR100_BIN_RECORDS", records)
+        cifar.read_cifar100_bin(bn, records)
+    monkeypatch.setattr(cifar, "CIFAR100_BIN_RECORDS", records)
     with pytest.raises(DataError, match="no CIFAR-100 under .*data.download=true"):
         data.load_splits(DataConfig(name="cifar100"), tmp_path / "empty")
 
@@ -273,7 +275,7 @@ def c100_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     fake = _fake_c100(n_train=20, n_test=10)
     src = tmp_path / "src" / "cifar-100-python"
-    monkeypatch.setattr(data, "CIFAR100_PY_MD5S", _write_c100_py(src, fake))
+    monkeypatch.setattr(cifar, "CIFAR100_PY_MD5S", _write_c100_py(src, fake))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(src, arcname="cifar-100-python")
@@ -281,7 +283,7 @@ def c100_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     www.mkdir()
     for name in ("cifar-100-python.tar.gz", "other.tar.gz"):
         (www / name).write_bytes(buf.getvalue())
-    monkeypatch.setattr(data, "CIFAR100_ARCHIVE_MD5", hashlib.md5(buf.getvalue()).hexdigest())
+    monkeypatch.setattr(cifar, "CIFAR100_ARCHIVE_MD5", hashlib.md5(buf.getvalue()).hexdigest())
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -300,7 +302,7 @@ def c100_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
 def test_cifar100_download_uses_the_cifar100_url_by_default(
         c100_server: tuple[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base, fake = c100_server
-    monkeypatch.setattr(data, "CIFAR100_URL", f"{base}/cifar-100-python.tar.gz")
+    monkeypatch.setattr(cifar, "CIFAR100_URL", f"{base}/cifar-100-python.tar.gz")
     root = tmp_path / "root"
     cfg = DataConfig(name="cifar100", dir=str(root), download=True, val_split=0.0)
     assert cfg.url.endswith("cifar-10-python.tar.gz")  # left at the CIFAR-10 default
@@ -324,5 +326,5 @@ def test_cifar100_download_checks_the_archive(c100_server: tuple[str, dict],
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(DataError, match="archive checksum mismatch"):
-        data.download_cifar100(root, f"{base}/cifar-100-python.tar.gz", archive_md5="0" * 32)
+        cifar.download_cifar100(root, f"{base}/cifar-100-python.tar.gz", archive_md5="0" * 32)
     assert os.listdir(root) == []

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from classlab import config, train
+from classlab import config
 from classlab.config import ConfigError
-from classlab.lr_find import (
+from classlab.engine import epoch_generator, rng_state, train_one_epoch
+from classlab.run.session import Session, build_session
+from classlab.tools.lr_find import (
     lr_find,
     lr_range_test,
     main_lr_find,
@@ -36,15 +38,15 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _session(*extra: str) -> train.Session:
-    return train.build_session(config.load(None, TINY + list(extra)))
+def _session(*extra: str) -> Session:
+    return build_session(config.load(None, TINY + list(extra)))
 
 
-def _epoch(s: train.Session, epoch: int) -> None:
+def _epoch(s: Session, epoch: int) -> None:
     x, y = s.data["train"]
-    train.train_one_epoch(
+    train_one_epoch(
         s.model, x, y, optimizer=s.optimizer, stepper=s.stepper, normalize=s.normalize,
-        augment_fn=lambda xb, g: xb, gen=train.epoch_generator(s.cfg.train.seed, epoch, s.device),
+        augment_fn=lambda xb, g: xb, gen=epoch_generator(s.cfg.train.seed, epoch, s.device),
         batch_size=s.cfg.train.batch_size, amp=s.amp, epoch=epoch,
         global_step=(epoch - 1) * s.steps_per_epoch, progress=False)
 
@@ -82,7 +84,7 @@ def test_restores_bit_identically_and_training_continues_unchanged(extra: list[s
     before = {"model": copy.deepcopy(a.model.state_dict()),
               "optimizer": copy.deepcopy(a.optimizer.state_dict()),
               "scheduler": copy.deepcopy(a.stepper.state_dict()),
-              "rng": train.rng_state()}
+              "rng": rng_state()}
     assert before["optimizer"]["state"], "Adam has state after one epoch"
     a.data = _TrainOnly(a.data)
     res = lr_find(a, start_lr=1e-5, end_lr=1.0, steps=15)
@@ -91,7 +93,7 @@ def test_restores_bit_identically_and_training_continues_unchanged(extra: list[s
     assert _same(a.model.state_dict(), before["model"])
     assert _same(a.optimizer.state_dict(), before["optimizer"])
     assert _same(a.stepper.state_dict(), before["scheduler"])
-    assert _same(train.rng_state(), before["rng"])
+    assert _same(rng_state(), before["rng"])
     if a.lookahead is not None:  # paused during the sweep: its step count did not move
         assert a.lookahead.active and a.lookahead.steps == b.lookahead.steps > 0
     assert a.optimizer.param_groups is groups and all(g is h for g, h in

@@ -163,3 +163,39 @@ def test_lookahead_follows_its_schedule_and_ends_on_the_slow_weights():
     other = Lookahead(torch.nn.Linear(3, 2), every, decay, total)
     other.load_state_dict(state)
     assert other.steps == total and all(torch.equal(a, b) for a, b in zip(other.slow, la.slow))
+
+
+# --------------------------------------------------------------------------- classlab schedule
+
+
+def test_schedule_counts_the_training_images_of_each_dataset(tmp_path):
+    # Before: every dataset but cifar10 was traced with data.synthetic_size (2,000) images.
+    from PIL import Image
+
+    from classlab import config
+    from classlab.tools.schedule import train_images
+
+    assert train_images(config.load(None, ["data.name=cifar10"])) == 45_000
+    assert train_images(config.load(None, ["data.name=cifar100"])) == 45_000
+    assert train_images(config.load(None, ["data.name=cifar100", "data.val_split=0"])) == 50_000
+    assert train_images(config.load(None, ["data.name=synthetic", "data.synthetic_size=300",
+                                           "data.val_split=0"])) == 300
+    for split, n in (("train", 7), ("test", 2)):
+        for i in range(n):
+            folder = tmp_path / split / ("cat" if i % 2 else "dog")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("not a picture")
+    cfg = config.load(None, ["data.name=imagefolder", "data.val_split=0"])
+    assert train_images(cfg, tmp_path) == 7
+    (tmp_path / "val" / "cat").mkdir(parents=True)  # its own val/: nothing is carved
+    assert train_images(config.load(None, ["data.name=imagefolder"]), tmp_path) == 7
+
+
+def test_schedule_of_cifar100_has_its_steps_per_epoch(tmp_path, capsys):
+    from classlab.cli import main
+
+    assert main(["schedule", "experiments/resnet18_bn_onecycle.yaml", "data.name=cifar100",
+                 "train.epochs=1", "--plot", str(tmp_path / "lr.png")]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r[:1].isdigit()]
+    assert len(rows) == -(-45_000 // 256)  # ceil: 176 steps of batch 256

@@ -44,9 +44,19 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from classlab import _io, config, data, train
+from classlab import config
 from classlab.cli import main
 from classlab.config import Config, ConfigError
+from classlab.data import cifar
+from classlab.engine import TrainingError, epoch_generator, seed_everything, steps_per_epoch
+from classlab.run import fit as fit_module
+from classlab.run.fit import fit
+from classlab.run.folder import resume_run, start_run
+from classlab.run.session import Session
+from classlab.rundir import atomic_write_bytes, make_run_dir, write_json
+from classlab.rundir import files as rundir_files
+from classlab.rundir.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from classlab.rundir.metrics import append_metrics, read_metrics
 
 COMMON = ["data.name=synthetic", "model.width=4", "train.batch_size=32", "train.progress=false",
           "diagnose.enabled=false", "train.device=cpu", "train.threads=1"]
@@ -70,14 +80,14 @@ def _keep_torch_threads():
 # --------------------------------------------------------------------------- helpers
 
 
-def _start(overrides: list[str], out: Path) -> tuple[train.Session, Path]:
-    return train.start_run(config.load(None, overrides), out)
+def _start(overrides: list[str], out: Path) -> tuple[Session, Path]:
+    return start_run(config.load(None, overrides), out)
 
 
 def _metric_rows(run_dir: Path) -> list[dict]:
     """metrics.csv rows without the wall-clock column."""
     return [{k: v for k, v in r.items() if k != "seconds"}
-            for r in train.read_metrics(run_dir / "metrics.csv")]
+            for r in read_metrics(run_dir / "metrics.csv")]
 
 
 def _dynamics_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
@@ -98,7 +108,7 @@ def _tensors(obj) -> list[torch.Tensor]:
 
 def assert_same_run(a: Path, b: Path, epochs: int) -> None:
     """Bit-identical final weights and optimizer state, same metrics and dynamics rows."""
-    ca, cb = _io.load_checkpoint(a / "last.pt"), _io.load_checkpoint(b / "last.pt")
+    ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
     assert ca["epoch"] == cb["epoch"] == epochs
     assert ca["model"].keys() == cb["model"].keys()
     for k in ca["model"]:
@@ -181,7 +191,7 @@ def reference(tmp_path_factory):
                         mp.setattr(os, "fsync", fsync_spy(os.fsync))
                         mp.setattr(os, "replace", replace_spy(os.replace))
                     s, run_dir = _start(overrides, tmp_path_factory.mktemp("reference"))
-                    train.fit(s, run_dir)
+                    fit(s, run_dir)
             finally:
                 torch.set_num_threads(n)
             cache[key] = run_dir
@@ -212,7 +222,7 @@ def test_atomic_write_is_temp_fsync_rename(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    _io.atomic_write_bytes(target, b"new data")
+    atomic_write_bytes(target, b"new data")
     assert [e[0] for e in seen] == ["fsync", "replace"], seen
     (_, tmp, target_then, tmp_then), (_, src, dst) = seen
     assert Path(tmp).parent == tmp_path and Path(tmp).name != target.name
@@ -255,7 +265,7 @@ def test_failed_atomic_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeyp
     else:
         monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(enospc))
     with pytest.raises(OSError) as e:
-        _io.atomic_write_bytes(target, b"new checkpoint that does not fit")
+        atomic_write_bytes(target, b"new checkpoint that does not fit")
     assert e.value.errno == errno.ENOSPC
     assert target.read_bytes() == b"old checkpoint"
     assert os.listdir(tmp_path) == ["last.pt"], "temporary file left behind"
@@ -266,10 +276,10 @@ def test_atomic_write_gives_files_the_usual_mode(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     new = tmp_path / "new.json"
-    _io.write_json(new, {"a": 1})
+    write_json(new, {"a": 1})
     assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
     new.chmod(0o640)
-    _io.write_json(new, {"a": 2})  # replacing keeps the mode the file had
+    write_json(new, {"a": 2})  # replacing keeps the mode the file had
     assert stat.S_IMODE(new.stat().st_mode) == 0o640
 
 
@@ -316,7 +326,7 @@ def _kill_mid_epoch_2(mp, s):
 # chooses): die before, during or after each write of epoch 2.
 
 def _kill_mid_row_2(mp, s):
-    real = train.append_metrics
+    real = append_metrics
 
     def append(path, row):
         if row["epoch"] == 2:
@@ -324,17 +334,17 @@ def _kill_mid_row_2(mp, s):
                 f.write("2,0.001,2.3")  # the first bytes of the line, then the kill
             raise Killed
         real(path, row)
-    mp.setattr(train, "append_metrics", append)
+    mp.setattr(fit_module, "append_metrics", append)
 
 
 def _kill_after_row_2(mp, s):
-    real = train.append_metrics
+    real = append_metrics
 
     def append(path, row):
         real(path, row)
         if row["epoch"] == 2:
             raise Killed
-    mp.setattr(train, "append_metrics", append)
+    mp.setattr(fit_module, "append_metrics", append)
 
 
 def _kill_mid_checkpoint_2(mp, s):
@@ -351,23 +361,23 @@ def _kill_mid_checkpoint_2(mp, s):
 
 
 def _kill_after_checkpoint_2(mp, s):
-    real = _io.save_checkpoint
+    real = save_checkpoint
 
     def save(path, state):
         real(path, state)
         if state["epoch"] == 2:
             raise Killed
-    mp.setattr(_io, "save_checkpoint", save)
+    mp.setattr(fit_module, "save_checkpoint", save)
 
 
 def _kill_before_summary_2(mp, s):
-    real = _io.write_json
+    real = write_json
 
-    def write_json(path, obj):
+    def fake(path, obj):
         if Path(path).name == "summary.json" and obj.get("epochs_done") == 2:
             raise Killed
         real(path, obj)
-    mp.setattr(_io, "write_json", write_json)
+    mp.setattr(fit_module, "write_json", fake)
 
 
 @pytest.mark.parametrize("arm", [
@@ -380,14 +390,14 @@ def test_killed_anywhere_resumes_bit_identical(tmp_path, reference, arm):
     with pytest.MonkeyPatch.context() as mp:
         arm(mp, s)
         with pytest.raises(Killed):
-            train.fit(s, run_dir)
-    s2, epoch, best, wall = train.resume_run(run_dir)
+            fit(s, run_dir)
+    s2, epoch, best, wall = resume_run(run_dir)
     assert epoch in (1, 2)
-    saved = _io.load_checkpoint(run_dir / "last.pt")["rng"]  # global RNGs are restored too
+    saved = load_checkpoint(run_dir / "last.pt")["rng"]  # global RNGs are restored too
     assert torch.equal(torch.get_rng_state(), saved["torch"])
     assert list(random.getstate()[1]) == saved["python"]
     assert np.array_equal(np.random.get_state()[1], saved["numpy"].numpy())
-    train.fit(s2, run_dir, epoch, best, wall)
+    fit(s2, run_dir, epoch, best, wall)
     assert_same_run(ref, run_dir, 3)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
@@ -434,7 +444,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
     else:
         pytest.fail("classlab train finished before it could be killed, twice")
 
-    ckpt = _io.load_checkpoint(run_dir / "last.pt")
+    ckpt = load_checkpoint(run_dir / "last.pt")
     done = ckpt["epoch"]
     assert 1 <= done < epochs
     # what the killed run left: rows up to the checkpoint (a cut-off line may follow)
@@ -442,7 +452,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
         complete = [int(r["epoch"]) for r in csv.DictReader(f) if None not in r.values()]
     assert complete[:done] == list(range(1, done + 1))
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
-    steps = train.steps_per_epoch(360, 32)
+    steps = steps_per_epoch(360, 32)
     with open(run_dir / "dynamics.csv", newline="") as f:
         later = sum(1 for r in csv.reader(f) if r and r[0].isdigit() and int(r[0]) >= done * steps)
     print(f"\n[sigkill] killed after checkpoint {done} of {epochs}; metrics rows {complete}; "
@@ -475,8 +485,8 @@ def test_checkpoint_holding_a_python_object_is_refused(tmp_path, capsys):
     run_dir.mkdir()
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1, "config": {},
                 "payload": _MakesFolder(marker)}, run_dir / "last.pt")
-    with pytest.raises(_io.CheckpointError) as e:
-        _io.load_checkpoint(run_dir / "last.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(run_dir / "last.pt")
     assert not marker.exists(), "loading the checkpoint ran pickled code"
     assert len(str(e.value).splitlines()) == 1 and "weights_only" in str(e.value)
     capsys.readouterr()
@@ -517,8 +527,8 @@ def test_damaged_checkpoint_is_one_line_exit_2(tmp_path, reference, capsys, kind
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "last.pt").write_bytes(_damage(kind, good))
-    with pytest.raises(_io.CheckpointError):
-        _io.load_checkpoint(run_dir / "last.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(run_dir / "last.pt")
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 2
     err = _one_line(capsys.readouterr().err)
@@ -565,18 +575,18 @@ def test_nonfinite_loss_in_epoch_2_keeps_epoch_1(tmp_path):
             with torch.no_grad():
                 next(s.model.parameters()).fill_(float("nan"))
 
-    with pytest.raises(train.TrainingError) as e:
-        train.fit(s, run_dir, on_epoch=poison_after_epoch_1)
+    with pytest.raises(TrainingError) as e:
+        fit(s, run_dir, on_epoch=poison_after_epoch_1)
     msg = str(e.value)
     assert f"non-finite loss at epoch 2, step {s.steps_per_epoch};" in msg
     assert len(msg.splitlines()) == 1
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == msg
     assert summary["epochs_done"] == 1
-    ckpt = _io.load_checkpoint(run_dir / "last.pt")
+    ckpt = load_checkpoint(run_dir / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
-    assert [r["epoch"] for r in train.read_metrics(run_dir / "metrics.csv")] == [1]
+    assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == [1]
 
 
 def test_diverging_run_via_cli_stops_and_keeps_last_good_epoch(tmp_path, capsys):
@@ -594,7 +604,7 @@ def test_diverging_run_via_cli_stops_and_keeps_last_good_epoch(tmp_path, capsys)
     bad_epoch, bad_step = (int(x) for x in
                            err.split("non-finite loss at epoch ")[1].split(";")[0].split(", step "))
     (run_dir,) = out.iterdir()
-    spe = train.steps_per_epoch(108, 32)
+    spe = steps_per_epoch(108, 32)
     assert (bad_epoch - 1) * spe <= bad_step < bad_epoch * spe
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and f"epoch {bad_epoch}, step {bad_step}" in \
@@ -603,11 +613,11 @@ def test_diverging_run_via_cli_stops_and_keeps_last_good_epoch(tmp_path, capsys)
     if bad_epoch == 1:
         assert not (run_dir / "last.pt").exists()
     else:
-        ckpt = _io.load_checkpoint(run_dir / "last.pt")
+        ckpt = load_checkpoint(run_dir / "last.pt")
         assert ckpt["epoch"] == bad_epoch - 1
         assert all(torch.isfinite(t).all() for t in ckpt["model"].values()
                    if t.is_floating_point())
-        assert [r["epoch"] for r in train.read_metrics(run_dir / "metrics.csv")] == \
+        assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == \
             list(range(1, bad_epoch))
 
 
@@ -617,7 +627,7 @@ def test_grad_clip_bounds_the_total_gradient_norm(tmp_path):
     clip = 0.01
     s, run_dir = _start([*SMALL, "train.epochs=1", "log.dynamics_every=1",
                          f"train.grad_clip={clip}"], tmp_path)
-    train.fit(s, run_dir)
+    fit(s, run_dir)
     sq: dict[str, float] = {}
     for step, _layer, metric, value in _dynamics_rows(run_dir):
         if metric == "grad_norm":
@@ -657,7 +667,7 @@ def _choices(meta: dict) -> list[str]:
     c = meta.get("choices")
     if c is None:
         return []
-    return config._registry_names(c) if isinstance(c, str) else list(c)
+    return list(c)
 
 
 def _bounds(meta: dict) -> tuple[float, float]:
@@ -897,8 +907,8 @@ def test_a_config_that_validates_can_be_used(override):
     except ConfigError:
         return
     torch.device("cpu" if cfg.train.device == "auto" else cfg.train.device)
-    train.seed_everything(cfg.train.seed)
-    train.epoch_generator(cfg.train.seed, cfg.train.epochs, torch.device("cpu"))
+    seed_everything(cfg.train.seed)
+    epoch_generator(cfg.train.seed, cfg.train.epochs, torch.device("cpu"))
     np.random.default_rng([cfg.data.seed, 0])
 
 
@@ -921,7 +931,7 @@ def test_cli_misuse_is_argparse_exit_2(capsys, argv, message):
 
 
 def _fake_cifar_bin(root: Path) -> dict[str, str]:
-    folder = root / data.BIN_FOLDER
+    folder = root / cifar.BIN_FOLDER
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     md5s = {}
@@ -935,8 +945,8 @@ def _fake_cifar_bin(root: Path) -> dict[str, str]:
 
 
 def test_truncated_batch_file_is_a_checksum_error_naming_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, "CIFAR10_BIN_MD5S", _fake_cifar_bin(tmp_path / "data"))
-    bad = tmp_path / "data" / data.BIN_FOLDER / "data_batch_3.bin"
+    monkeypatch.setattr(cifar, "CIFAR10_BIN_MD5S", _fake_cifar_bin(tmp_path / "data"))
+    bad = tmp_path / "data" / cifar.BIN_FOLDER / "data_batch_3.bin"
     bad.write_bytes(bad.read_bytes()[:-3073])  # one record short, as a cut download
     out = tmp_path / "runs"
     rc = main(["train", *COMMON, "data.name=cifar10", "--data-dir", str(tmp_path / "data"),
@@ -998,16 +1008,16 @@ def test_disk_full_at_second_checkpoint_keeps_the_first(tmp_path, monkeypatch, r
 
     with monkeypatch.context() as mp:
         mp.setattr(os, "fsync", _DiskFull(2))
-        with pytest.raises((OSError, train.TrainingError), match="No space left on device"):
-            train.fit(s, run_dir, on_epoch=keep_bytes)
+        with pytest.raises((OSError, TrainingError), match="No space left on device"):
+            fit(s, run_dir, on_epoch=keep_bytes)
     assert (run_dir / "last.pt").read_bytes() == first["bytes"]
-    assert _io.load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [], \
         "temporary files left behind"
     # space freed: resuming gives the uninterrupted run
-    s2, epoch, best, wall = train.resume_run(run_dir)
+    s2, epoch, best, wall = resume_run(run_dir)
     assert epoch == 1
-    train.fit(s2, run_dir, epoch, best, wall)
+    fit(s2, run_dir, epoch, best, wall)
     assert_same_run(reference(SMALL), run_dir, 3)
 
 
@@ -1020,7 +1030,7 @@ def test_disk_full_via_cli_is_one_line_and_recorded(tmp_path, monkeypatch, capsy
     (run_dir,) = out.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left" in summary["error"]
-    assert summary["epochs_done"] == _io.load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    assert summary["epochs_done"] == load_checkpoint(run_dir / "last.pt")["epoch"] == 1
 
 
 # --------------------------------------------------------------------------- 6. concurrency
@@ -1034,7 +1044,7 @@ def test_racing_make_run_dir_threads_get_distinct_folders(tmp_path, monkeypatch)
         def now(cls, tz=None):
             return frozen  # every call in the same second
 
-    monkeypatch.setattr(_io, "datetime", Clock)
+    monkeypatch.setattr(rundir_files, "datetime", Clock)
     n = 8
     barrier = threading.Barrier(n)
     got: list[Path] = []
@@ -1043,7 +1053,7 @@ def test_racing_make_run_dir_threads_get_distinct_folders(tmp_path, monkeypatch)
     def worker():
         try:
             barrier.wait()
-            got.append(_io.make_run_dir(tmp_path / "runs", "same"))
+            got.append(make_run_dir(tmp_path / "runs", "same"))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -1081,4 +1091,4 @@ def test_two_real_runs_started_at_once_get_distinct_folders(tmp_path):
         assert f.name.rsplit("-", 1)[1].isdigit() and len(f.name.rsplit("-", 1)[1]) < 4
         summary = json.loads((f / "summary.json").read_text())
         assert summary["status"] == "finished" and Path(summary["run_dir"]) == f
-        assert _io.load_checkpoint(f / "last.pt")["epoch"] == 1
+        assert load_checkpoint(f / "last.pt")["epoch"] == 1

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from classlab import _io, cli
+from classlab import cli
 from classlab.report import build_report
+from classlab.rundir import write_json
 
 SECTIONS = ["# Run report: tiny", "## Summary", "## Results", "## Epochs", "## Curves",
             "## Per-class accuracy", "## Confusion matrix", "### Most confused pairs",
@@ -113,7 +114,7 @@ def test_text_is_escaped(tiny_run: Path, tmp_path: Path, copy_run) -> None:
     run_dir = copy_run(tiny_run, tmp_path, BASIC)
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["name"] = "<img src=x onerror=alert(1)> & co"
-    _io.write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     _, page = build_report(run_dir)
     text = page.read_text()
     assert "<img src=x" not in text

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from classlab import tblog
 from classlab.cli import main
 from classlab.config import ConfigError
+from classlab.run import tensorboard
 
 TINY = ["name=tb", "data.name=synthetic", "data.synthetic_size=300", "model.width=4",
         "train.epochs=2", "train.batch_size=64", "train.progress=false", "train.device=cpu",
@@ -51,7 +51,7 @@ def test_event_file_equals_metrics_csv(tmp_path: Path, capsys: pytest.CaptureFix
                         "test/acc", "lr"}
     rows = _csv(run_dir / "metrics.csv")
     assert len(rows) == 2
-    for column, tag in tblog.TAGS.items():
+    for column, tag in tensorboard.TAGS.items():
         assert [step for step, _ in got[tag]] == [1, 2], tag  # global_step = epoch
         # The CSV keeps 6 significant digits ("%.6g"): rounding moves a value by up to half a
         # unit in the 6th digit, i.e. 5e-6 relative (for a mantissa near 1.00000).
@@ -73,10 +73,10 @@ def test_resumed_logging_purges_events_after_the_checkpoint(tmp_path: Path) -> N
                 "val_loss": math.nan, "val_acc": math.nan, "test_loss": loss,
                 "test_acc": 40.0, "seconds": 1.0}
 
-    with tblog.TensorBoardLogger(tmp_path) as log:  # epochs 1..3, then a "crash"
+    with tensorboard.TensorBoardLogger(tmp_path) as log:  # epochs 1..3, then a "crash"
         for epoch in (1, 2, 3):
             log(row(epoch, float(epoch)))
-    with tblog.TensorBoardLogger(tmp_path, start_epoch=1) as log:  # resumed after epoch 1
+    with tensorboard.TensorBoardLogger(tmp_path, start_epoch=1) as log:  # resumed after epoch 1
         log(row(2, 20.0))
     got = _scalars(tmp_path / "tensorboard")
     assert got["train/loss"] == [(1, 1.0), (2, 20.0)]
@@ -95,14 +95,14 @@ def test_missing_package_is_one_line_error_before_the_run_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     _without_tensorboard(monkeypatch)
     with pytest.raises(ConfigError) as e:
-        tblog.check_available()
-    assert str(e.value) == tblog.MISSING == (
+        tensorboard.check_available()
+    assert str(e.value) == tensorboard.MISSING == (
         "log.tensorboard=true needs the tensorboard package: pip install tensorboard")
     out = tmp_path / "runs"
     capsys.readouterr()
     assert main(["train", *TINY, "log.tensorboard=true", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == f"classlab train: error: {tblog.MISSING}\n"
+    assert err == f"classlab train: error: {tensorboard.MISSING}\n"
     assert not out.exists()  # nothing was created
     # off (the default): the package is not needed, and nothing is written for it
     assert main(["train", *TINY, "train.epochs=1", "--out", str(out)]) == 0

@@ -10,8 +10,16 @@ import pytest
 import torch
 import yaml
 
-from classlab import _io, config, train
+from classlab import config
+from classlab.augment import make_generator
 from classlab.cli import main
+from classlab.engine import TTA, Dist, Ema, Normalizer, evaluate
+from classlab.run.fit import fit, update_best
+from classlab.run.folder import resume_run, start_run
+from classlab.run.session import session_from_run
+from classlab.rundir import METRIC_FIELDS, RunFiles
+from classlab.rundir.checkpoint import load_checkpoint, load_test_outputs
+from classlab.rundir.metrics import read_metrics
 
 TINY = ["name=tiny", "data.name=synthetic", "data.synthetic_size=300", "model.width=4",
         "train.epochs=2", "train.batch_size=64", "train.progress=false",
@@ -20,8 +28,8 @@ TINY = ["name=tiny", "data.name=synthetic", "data.synthetic_size=300", "model.wi
 
 def _run(tmp_path, *extra, out="runs"):
     cfg = config.load(None, TINY + list(extra))
-    s, run_dir = train.start_run(cfg, tmp_path / out)
-    summary = train.fit(s, run_dir)
+    s, run_dir = start_run(cfg, tmp_path / out)
+    summary = fit(s, run_dir)
     return run_dir, summary
 
 
@@ -29,15 +37,15 @@ def test_run_folder_has_all_files_and_eval_reproduces(tmp_path, capsys):
     run_dir, summary = _run(tmp_path)
     for f in ("config.yaml", "metrics.csv", "summary.json", "last.pt", "dynamics.csv"):
         assert (run_dir / f).is_file(), f
-    rows = train.read_metrics(run_dir / "metrics.csv")
+    rows = read_metrics(run_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert set(rows[0]) == set(train.METRIC_FIELDS)
+    assert set(rows[0]) == set(METRIC_FIELDS)
     assert summary["status"] == "finished" and summary["params"] > 0
     assert summary["final"]["test_acc"] == pytest.approx(rows[-1]["test_acc"])
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
     # the resolved config re-loads to the same run
     assert config.load(run_dir / "config.yaml") == config.load(None, TINY)
-    ckpt = _io.load_checkpoint(run_dir / "last.pt")
+    ckpt = load_checkpoint(run_dir / "last.pt")
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 2
     capsys.readouterr()
@@ -48,12 +56,12 @@ def test_run_folder_has_all_files_and_eval_reproduces(tmp_path, capsys):
 
 def test_per_sample_loss_is_a_true_average(tmp_path):
     run_dir, _ = _run(tmp_path, "train.epochs=1")
-    s, _ = train.session_from_run(run_dir)
+    s, _ = session_from_run(run_dir)
     x, y = s.data["test"]
     # batch size that does not divide N: the mean must not depend on it
-    a = train.evaluate(s.model, x, y, normalize=s.normalize, batch_size=7, amp=s.amp,
+    a = evaluate(s.model, x, y, normalize=s.normalize, batch_size=7, amp=s.amp,
                        keep_outputs=True)
-    b = train.evaluate(s.model, x, y, normalize=s.normalize, batch_size=1000, amp=s.amp)
+    b = evaluate(s.model, x, y, normalize=s.normalize, batch_size=1000, amp=s.amp)
     assert a.loss == pytest.approx(b.loss, rel=1e-5)
     assert a.loss == pytest.approx(a.losses.mean().item(), rel=1e-5)
     assert a.acc == b.acc == pytest.approx(100 * (a.preds == y).float().mean().item())
@@ -69,7 +77,7 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
     a, _ = _run(tmp_path, out="a")
     b, _ = _run(tmp_path, out="b")
     c, _ = _run(tmp_path, "train.seed=2", out="c")
-    wa, wb, wc = (_io.load_checkpoint(d / "last.pt")["model"] for d in (a, b, c))
+    wa, wb, wc = (load_checkpoint(d / "last.pt")["model"] for d in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
@@ -84,9 +92,9 @@ def _interrupted_run(tmp_path, extra: list[str], after_epoch: int):
         if row["epoch"] == after_epoch:
             raise Stop
 
-    s, part = train.start_run(config.load(None, TINY + extra), tmp_path / "part")
+    s, part = start_run(config.load(None, TINY + extra), tmp_path / "part")
     with pytest.raises(Stop):
-        train.fit(s, part, on_epoch=stop)
+        fit(s, part, on_epoch=stop)
     return part
 
 
@@ -98,12 +106,12 @@ def test_resume_is_bit_identical_and_never_duplicates_rows(tmp_path):
         f.write("3,0.001,2.2")
     with open(part / "dynamics.csv", "a") as f:
         f.write("999999,3,conv1.weight,grad_norm,1.0\n999999,3,conv1")
-    s2, epoch, best, wall = train.resume_run(part)
+    s2, epoch, best, wall = resume_run(part)
     assert epoch == 2
-    train.fit(s2, part, epoch, best, wall)
-    wf, wp = (_io.load_checkpoint(d / "last.pt")["model"] for d in (full, part))
+    fit(s2, part, epoch, best, wall)
+    wf, wp = (load_checkpoint(d / "last.pt")["model"] for d in (full, part))
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
-    mf, mp = (train.read_metrics(d / "metrics.csv") for d in (full, part))
+    mf, mp = (read_metrics(d / "metrics.csv") for d in (full, part))
     assert [r["epoch"] for r in mp] == [1, 2, 3]
     for rf, rp in zip(mf, mp):
         assert {k: v for k, v in rf.items() if k != "seconds"} == \
@@ -158,7 +166,7 @@ def test_training_tricks_run_and_eval_reproduces(tmp_path, capsys, extra):
 
 def test_ema_is_the_average_it_claims():
     model = torch.nn.Linear(2, 2)
-    ema = train.Ema(model, 0.75)
+    ema = Ema(model, 0.75)
     w0 = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(4.0)
@@ -168,7 +176,7 @@ def test_ema_is_the_average_it_claims():
 
 def test_tta_views_are_flips_and_one_pixel_shifts():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
-    views = train.TTA["flip_translate"](x)
+    views = TTA["flip_translate"](x)
     assert len(views) == 6 and torch.equal(views[1], x.flip(-1))
     assert torch.equal(views[2][..., 1:, 1:], x[..., :-1, :-1])  # moved down-right by one
     assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])
@@ -180,17 +188,17 @@ def test_eval_every_skips_epochs_but_always_scores_the_last(tmp_path):
         raw = list(csv.DictReader(f))
     assert [r["test_acc"] == "" for r in raw] == [True, False, False]  # epochs 2 and 3 scored
     assert all(r["train_acc"] for r in raw)
-    rows = train.read_metrics(run_dir / "metrics.csv")
+    rows = read_metrics(run_dir / "metrics.csv")
     assert summary["final"]["test_acc"] == pytest.approx(rows[-1]["test_acc"])
     # the best epoch is one that was validated, never the unscored epoch 1
     assert summary["best_by_val"]["by"] == "val_acc" and summary["best_by_val"]["epoch"] >= 2
     # diagnose's cache of per-image test outputs belongs to the last epoch
-    assert train.load_test_outputs(run_dir, 3, summary["test_images"]) is not None
+    assert load_test_outputs(RunFiles(run_dir).test_outputs, 3, summary["test_images"]) is not None
 
 
 def test_eval_every_zero_scores_only_the_last_epoch(tmp_path):
     run_dir, _ = _run(tmp_path, "train.epochs=2", "train.eval_every=0")
-    rows = train.read_metrics(run_dir / "metrics.csv")
+    rows = read_metrics(run_dir / "metrics.csv")
     assert rows[0]["test_acc"] != rows[0]["test_acc"] and rows[0]["val_acc"] != rows[0]["val_acc"]
     assert 0 <= rows[1]["test_acc"] <= 100
 
@@ -213,13 +221,13 @@ def test_update_best_prefers_validated_epochs():
     def row(epoch, train_acc, val_acc):
         return {"epoch": epoch, "train_acc": train_acc, "val_acc": val_acc, "test_acc": 50.0}
 
-    best = train._update_best({}, row(1, 90.0, nan))
+    best = update_best({}, row(1, 90.0, nan))
     assert best["by"] == "train_acc" and best["epoch"] == 1
-    best = train._update_best(best, row(2, 10.0, 40.0))  # first validated epoch wins
+    best = update_best(best, row(2, 10.0, 40.0))  # first validated epoch wins
     assert best["by"] == "val_acc" and best["epoch"] == 2
-    best = train._update_best(best, row(3, 99.0, nan))  # unvalidated: cannot displace it
+    best = update_best(best, row(3, 99.0, nan))  # unvalidated: cannot displace it
     assert best["epoch"] == 2
-    best = train._update_best(best, row(4, 99.0, 41.0))
+    best = update_best(best, row(4, 99.0, 41.0))
     assert best["epoch"] == 4 and best["score"] == 41.0
 
 
@@ -227,7 +235,7 @@ def test_update_best_prefers_validated_epochs():
 def test_normalizer_matches_the_formula(channels_last):
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
     x = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8)
-    out = train.Normalizer(mean, std, torch.device("cpu"), channels_last)(x)
+    out = Normalizer(mean, std, torch.device("cpu"), channels_last)(x)
     want = (x.double() / 255 - torch.tensor(mean).double().view(1, 3, 1, 1)) \
         / torch.tensor(std).double().view(1, 3, 1, 1)
     assert out.dtype == torch.float32
@@ -236,7 +244,7 @@ def test_normalizer_matches_the_formula(channels_last):
     # a strided view (HWC data permuted to NCHW, as the albumentations backend hands over)
     # comes out dense in the chosen layout, with the same values
     view = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-    out_v = train.Normalizer(mean, std, torch.device("cpu"), channels_last)(view)
+    out_v = Normalizer(mean, std, torch.device("cpu"), channels_last)(view)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert out_v.is_contiguous(memory_format=fmt) and torch.equal(out_v, out)
 
@@ -247,13 +255,13 @@ def test_fast_recipe_options_resume_bit_identically(tmp_path):
              "train.eval_every=0"]
     full, _ = _run(tmp_path, *extra, out="full")
     part = _interrupted_run(tmp_path, extra, after_epoch=1)
-    s2, epoch, best, wall = train.resume_run(part)
+    s2, epoch, best, wall = resume_run(part)
     assert epoch == 1 and s2.lookahead.steps == s2.steps_per_epoch
-    train.fit(s2, part, epoch, best, wall)
-    wf, wp = (_io.load_checkpoint(d / "last.pt")["model"] for d in (full, part))
+    fit(s2, part, epoch, best, wall)
+    wf, wp = (load_checkpoint(d / "last.pt")["model"] for d in (full, part))
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     # the run ended on Lookahead's slow weights
-    la = _io.load_checkpoint(full / "last.pt")["lookahead"]
+    la = load_checkpoint(full / "last.pt")["lookahead"]
     model_floats = [v for v in wf.values() if v.is_floating_point()]
     assert all(torch.equal(a, b) for a, b in zip(model_floats, la["slow"]))
 
@@ -271,12 +279,55 @@ def test_ranks_augment_from_their_own_streams():
     """Under torchrun every rank shuffles with the same generator; augmentation must not
     repeat across ranks (else the k-th image of each shard gets the same crop)."""
     def draws(dist):
-        g = train.make_generator(5, "cpu")
+        g = make_generator(5, "cpu")
         return torch.rand(4, generator=dist.rank_generator(g))
 
-    single = train.Dist()
-    g = train.make_generator(5, "cpu")
+    single = Dist()
+    g = make_generator(5, "cpu")
     assert single.rank_generator(g) is g  # one process: the stream is unchanged
-    r0, r1 = draws(train.Dist(rank=0, world=2)), draws(train.Dist(rank=1, world=2))
+    r0, r1 = draws(Dist(rank=0, world=2)), draws(Dist(rank=1, world=2))
     assert not torch.equal(r0, r1)
-    assert torch.equal(r0, draws(train.Dist(rank=0, world=2)))  # reproducible per rank
+    assert torch.equal(r0, draws(Dist(rank=0, world=2)))  # reproducible per rank
+
+
+# --------------------------------------------------------------------------- process state
+
+
+def test_train_threads_apply_to_the_run_and_do_not_leak(tmp_path):
+    # Before: build_session called torch.set_num_threads for the whole process, so a
+    # notebook cell (or the next test) after a run kept the run's train.threads.
+    import classlab
+    from classlab.run.session import build_session
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    seen = []
+    cfg = config.load(None, TINY + [f"train.threads={other}"])
+    s = build_session(cfg)
+    assert torch.get_num_threads() == before
+    real_step = s.optimizer.step
+
+    def spy(*a, **k):  # the thread count while the optimizer steps, inside fit
+        seen.append(torch.get_num_threads())
+        return real_step(*a, **k)
+
+    s.optimizer.step = spy
+    run_dir = start_run(cfg, tmp_path / "a")[1]
+    fit(s, run_dir)
+    assert set(seen) == {other} and torch.get_num_threads() == before
+    classlab.train(cfg, out=tmp_path / "b")
+    assert torch.get_num_threads() == before
+
+
+def test_resume_keeps_cells_with_commas_quotes_and_newlines(tmp_path):
+    # Before: the rows kept on resume were rewritten with a hand-made quoting that did not
+    # double embedded quotes, so a cell holding '"' came back as another value.
+    from classlab.rundir.metrics import truncate_csv
+
+    path = tmp_path / "t.csv"
+    rows = [["1", 'say "hi"', "a,b"], ["2", "line\nbreak", "plain"], ["3", "dropped", "x"]]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["step", "layer", "value"], *rows])
+    truncate_csv(path, lambda r: int(r["step"]) <= 2, ["step", "layer", "value"])
+    with open(path, newline="") as f:
+        assert list(csv.reader(f)) == [["step", "layer", "value"], *rows[:2]]

@@ -2,23 +2,23 @@
 
 Notebook API (see :mod:`classlab.api`): ``classlab.train(config_or_path, **overrides) -> Run``,
 ``classlab.load_run(run_dir) -> Run``. ``import classlab`` does not import torch.
+
+The package, from the command line down to plain values (each layer imports only those
+below it; ``tests/test_architecture.py`` checks it)::
+
+    cli  api                     the command line, the notebook API
+    grid  tools                  grids of runs; lr-find and the schedule trace
+    run                          the one run flow: session, epoch loop, run folder
+    report  diagnose             the report; predictions, CAMs, figures
+    engine                       training step, epoch, evaluation, precision, DDP
+    data  models  optim  augment datasets, networks, optimizers/schedulers, augmentation
+    rundir                       the run folder's files: names, atomic writes, checkpoints
+    config                       the typed config tree (imports nothing else of classlab)
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from classlab.api import Run, load_run
+from classlab.api import Run, load_run, train
 
 __version__ = "0.1.0"
 __all__ = ["Run", "__version__", "load_run", "train"]
-
-
-def __getattr__(name: str) -> Any:
-    # ``classlab.train``: the training module, made callable as the notebook function and
-    # imported (with torch) only when first used.
-    if name == "train":
-        from classlab.api import _train_module
-
-        return _train_module()
-    raise AttributeError(f"module 'classlab' has no attribute {name!r}")

@@ -25,11 +25,7 @@ def _add_data_out(p: argparse.ArgumentParser, out: bool = True) -> None:
         p.add_argument("--out", type=Path, default=Path("runs"), help="where run folders go")
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="classlab", description="Train CIFAR-10-sized classifiers "
-                                 "from YAML and look inside them.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one run from a YAML config")
     p.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -38,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="launch N processes with torchrun (DDP; one per GPU, or gloo on CPU)")
     _add_data_out(p)
 
+
+def _add_run_commands(sub) -> None:
+    """eval, diagnose, report: commands on an existing run folder."""
     p = sub.add_parser("eval", help="re-evaluate a run's checkpoint on the test set")
     p.add_argument("run", type=Path)
     p.add_argument("--device", default=None)
@@ -55,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)build report.md and report.html of a run")
     p.add_argument("run", type=Path)
 
+
+def _add_grid_commands(sub) -> None:
     p = sub.add_parser("grid", help="run every point of a grid file")
     p.add_argument("grid", type=Path)
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every point")
@@ -68,12 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="tabulate the finished runs of a grid folder")
     p.add_argument("grid_dir", type=Path)
 
+
+def _add_tools(sub) -> None:
+    """schedule, lr-find, config: nothing is trained or kept."""
     p = sub.add_parser("schedule", help="print and plot the LR of every step, without training")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--train-images", type=int, default=None,
                    help="training images per epoch (default: from the config's dataset)")
     p.add_argument("--plot", type=Path, default=Path("schedule.png"))
+    _add_data_out(p, out=False)
 
     p = sub.add_parser("lr-find", help="LR range test: train briefly with an exponentially "
                        "growing LR, plot the loss and suggest an LR (nothing is kept)")
@@ -89,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the config reference, or a resolved config")
     p.add_argument("config", nargs="?")
     p.add_argument("overrides", nargs="*")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="classlab", description="Train CIFAR-10-sized classifiers "
+                                 "from YAML and look inside them.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_run_commands(sub)
+    _add_grid_commands(sub)
+    _add_tools(sub)
     return ap
 
 
@@ -134,77 +149,47 @@ def _config_and_overrides(a: argparse.Namespace) -> list[str]:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from classlab import config, tblog, train
+    from classlab import config
+    from classlab.run.flow import train_run
 
     overrides = _config_and_overrides(a)
     if a.resume is not None:
         if a.config or overrides:
             raise config.ConfigError("--resume continues a run with its own config.yaml; "
                                      "drop the config file and overrides")
-        s, epoch, best, wall = train.resume_run(a.resume, a.data_dir)
-        run_dir = a.resume
-        print(f"Resuming {run_dir} after epoch {epoch}", flush=True)
+        train_run(run_dir=a.resume, data_root=a.data_dir)
     else:
-        cfg = config.load(a.config, overrides)
-        tblog.check_config(cfg)  # a missing optional package stops before the run folder
-        s, run_dir = train.start_run(cfg, a.out, a.data_dir)
-        epoch, best, wall = 0, {}, 0.0
-    if s.dist.main:
-        print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
-              f"{s.params:,} params, device {s.device}, precision {s.amp.precision}"
-              + (f", {s.dist.world} processes" if s.dist.world > 1 else ""), flush=True)
-    with tblog.epoch_logger(s.cfg, run_dir, start_epoch=epoch, main=s.dist.main) as on_epoch:
-        summary = train.fit(s, run_dir, epoch, best, wall, on_epoch=on_epoch)
-    if s.dist.main:
-        _print_final(summary)
-        if s.cfg.diagnose.enabled:
-            _diagnose(run_dir, session=s)
+        train_run(config.load(a.config, overrides), out=a.out, data_root=a.data_dir)
     return 0
 
 
-def _print_final(summary: dict) -> None:
-    f, b = summary["final"], summary["best_by_val"]
-    if not f:
-        return
-    parts = [f"{k} acc {f[f'{k}_acc']:.2f}%" for k in ("train", "val", "test")
-             if f[f"{k}_acc"] == f[f"{k}_acc"]]  # no NaN: a split that is absent / unscored
-    best = ""
-    if b and b.get("by") == "val_acc":  # without a validation split no epoch is "best"
-        best = f"  (best by val: epoch {b['epoch']}, test acc {b['test_acc']:.2f}%)"
-    print(f"Final: {', '.join(parts)}{best}", flush=True)
-
-
-def _diagnose(run_dir: Path, **kw) -> None:
-    from classlab import diagnose, report
-
-    diagnose.diagnose_run(run_dir, **kw)
-    md, html = report.build_report(run_dir)
-    print(f"Report: {md} and {html}", flush=True)
-
-
 def cmd_eval(a: argparse.Namespace) -> int:
-    from classlab import train
+    from classlab.engine import evaluate
+    from classlab.run.session import session_from_run, torch_threads
 
-    s, state = train.session_from_run(a.run, a.data_dir, a.device)
-    x, y = s.data["test"]
-    res = train.evaluate(s.model, x, y, normalize=s.normalize,
-                         batch_size=s.cfg.train.eval_batch_size, amp=s.amp, tta=s.cfg.train.tta)
+    s, state = session_from_run(a.run, a.data_dir, a.device)
+    with torch_threads(s.cfg.train.threads):
+        x, y = s.data["test"]
+        res = evaluate(s.model, x, y, normalize=s.normalize,
+                       batch_size=s.cfg.train.eval_batch_size, amp=s.amp, tta=s.cfg.train.tta)
     print(f"Test set: Average loss: {res.loss:.4f}, Accuracy: {round(res.acc * res.n / 100)}/"
           f"{res.n} ({res.acc:.2f}%)  [checkpoint epoch {state['epoch']}]")
     return 0
 
 
 def cmd_diagnose(a: argparse.Namespace) -> int:
+    from classlab.run.flow import diagnose_and_report
+
     layers = [x for x in a.layers.split(",") if x] if a.layers else None
-    _diagnose(a.run, data_root=a.data_dir, layers=layers, method=a.method, count=a.count,
-              target=a.target, device=a.device)
+    diagnose_and_report(a.run, data_root=a.data_dir, layers=layers, method=a.method,
+                        count=a.count, target=a.target, device=a.device)
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from classlab import report
+    from classlab.report import build_report
 
-    md, html = report.build_report(a.run)
+    md, html = build_report(a.run)
     print(f"Report: {md} and {html}")
     return 0
 
@@ -223,28 +208,33 @@ def cmd_table(a: argparse.Namespace) -> int:
 
 
 def cmd_schedule(a: argparse.Namespace) -> int:
-    from classlab import config, schedule
+    from classlab import config
+    from classlab.tools.schedule import main_schedule
 
     cfg = config.load(a.config, a.overrides)
-    return schedule.main_schedule(cfg, a.train_images, a.plot)
+    return main_schedule(cfg, a.train_images, a.plot, a.data_dir)
 
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
-    from classlab import config, lr_find
+    from classlab import config
+    from classlab.tools.lr_find import main_lr_find
 
     overrides = _config_and_overrides(a)
     cfg = config.load(a.config, overrides)
-    return lr_find.main_lr_find(cfg, a.data_dir, steps=a.steps, start_lr=a.start_lr,
+    return main_lr_find(cfg, a.data_dir, steps=a.steps, start_lr=a.start_lr,
                                 end_lr=a.end_lr, plot=a.plot)
 
 
 def cmd_config(a: argparse.Namespace) -> int:
     from classlab import config
+    from classlab.run.checks import check_environment
 
     if a.config is None and not a.overrides:
         print(config.reference())
     else:
-        print(config.dump(config.load(a.config, a.overrides)), end="")
+        cfg = config.load(a.config, a.overrides)
+        check_environment(cfg)  # what `classlab train` would refuse, refused here too
+        print(config.dump(cfg), end="")
     return 0
 
 
@@ -255,17 +245,13 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": shown as one line, exit status 2."""
-    from classlab import _io, config, data
+    from classlab.config import ConfigError
+    from classlab.data import DataError
+    from classlab.diagnose import DiagnoseError
+    from classlab.rundir import RunDirError
+    from classlab.rundir.checkpoint import CheckpointError
 
-    errs: list[type[BaseException]] = [config.ConfigError, data.DataError, _io.CheckpointError,
-                                       _io.RunDirError]
-    try:
-        from classlab.diagnose import DiagnoseError
-
-        errs.append(DiagnoseError)
-    except ImportError:
-        pass
-    return tuple(errs)
+    return ConfigError, DataError, CheckpointError, RunDirError, DiagnoseError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     args.argv = argv
-    from classlab.train import TrainingError
+    from classlab.engine import TrainingError
 
     try:
         return COMMANDS[args.command](args)

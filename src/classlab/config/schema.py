@@ -1,0 +1,242 @@
+"""The config tree: plain dataclasses, one per YAML section, every field documenting itself.
+
+Each field carries its help text, unit, bounds and allowed values in ``metadata`` (see
+:func:`_f`); validation (:mod:`classlab.config.validate`) and the README's reference
+(:mod:`classlab.config.reference`) are both read from it.
+
+The allowed names of the registries (datasets, models, norms, optimizers, schedulers,
+augmentations, CAM methods) are listed here, as plain tuples: config is the vocabulary and
+imports no implementation. Each implementing module registers one builder per name, and
+``tests/test_registries.py`` checks that every name here has exactly one builder there.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------- vocabulary
+# Sorted, so that "allowed: ..." in error messages and the reference reads alphabetically.
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+MODELS = ("fastnet", "resnet18", "resnet34")
+NORMS = ("bn", "gn", "ln")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "linear", "none", "onecycle", "plateau", "step")
+AUGMENTATIONS = ("crop", "cutout", "flip", "rotate")
+CAMS = ("gradcam", "gradcampp", "layercam")
+
+
+def _f(default: Any, help: str, **checks: Any) -> Any:
+    """A dataclass field with its help text and optional checks.
+
+    checks: ``choices`` (the allowed values),
+    ``ge`` / ``gt`` / ``le`` / ``lt`` numeric bounds, ``unit`` (shown in the reference).
+    """
+    meta = {"help": help, **checks}
+    if isinstance(default, (list, dict)):
+        # a deep copy: aug.albumentations' mappings must not be shared between configs
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("cifar10", "dataset", choices=DATASETS)
+    dir: str = _f("", "folder holding cifar-10-batches-py and/or cifar-10-batches-bin "
+                  "(cifar100: cifar-100-python and/or cifar-100-binary; imagefolder: "
+                  "train/<class>/, test/<class>/, optional val/<class>/) (empty: "
+                  "$CLASSLAB_DATA or ~/.cache/classlab); --data-dir overrides it")
+    download: bool = _f(False, "download the official archive when the data is absent")
+    url: str = _f("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                  "where data.download fetches the archive from (cifar100 fetches the "
+                  "CIFAR-100 archive while this is left at the CIFAR-10 default)")
+    val_split: float = _f(0.1, "fraction of the training set held out, stratified, for "
+                          "validation (0.1 = 5,000 CIFAR-10 images); 0 disables it; "
+                          "imagefolder uses its val/ folder instead when there is one",
+                          ge=0.0, lt=1.0, unit="fraction")
+    subset: int = _f(0, "train on a stratified subset of this many images (0: all)",
+                     ge=0, unit="images")
+    synthetic_size: int = _f(2000, "images per split for the synthetic dataset "
+                             "(train; test gets half)", ge=20, unit="images")
+    seed: int = _f(0, "seed of the validation split and subset (independent of train.seed)",
+                   ge=0, lt=2**32)
+    image_size: int = _f(32, "imagefolder: side of the square images every picture is "
+                         "brought to (see data.resize)", ge=8, unit="pixels")
+    resize: str = _f("resize", "imagefolder: resize = scale to image_size x image_size "
+                     "(aspect ratio not kept); center_crop = scale the shorter side to "
+                     "image_size, then keep the central square",
+                     choices=["resize", "center_crop"])
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("resnet18", "architecture", choices=MODELS)
+    norm: str = _f("bn", "normalization layer: bn=BatchNorm, ln=LayerNorm (GroupNorm with "
+                   "one group), gn=GroupNorm", choices=NORMS)
+    gn_groups: int = _f(32, "groups for norm=gn (must divide every layer's channels)", ge=1)
+    width: int = _f(64, "channels of the first stage; later stages double it", ge=1,
+                    unit="channels")
+
+
+@dataclass
+class OptimConfig:
+    name: str = _f("adam", "optimizer", choices=OPTIMIZERS)
+    lr: float = _f(1e-3, "learning rate (the peak LR for onecycle)", gt=0.0)
+    weight_decay: float = _f(1e-4, "weight decay: L2 added to the gradient for sgd/adam, "
+                             "decoupled for adamw", ge=0.0)
+    momentum: float = _f(0.9, "SGD momentum (ignored by adam/adamw)", ge=0.0, lt=1.0)
+    nesterov: bool = _f(False, "Nesterov momentum for SGD")
+    beta1: float = _f(0.9, "Adam/AdamW beta1", ge=0.0, lt=1.0)
+    beta2: float = _f(0.999, "Adam/AdamW beta2", ge=0.0, lt=1.0)
+    no_decay_norm_bias: bool = _f(False, "exempt norm weights and biases from weight decay")
+    norm_bias_lr_scale: float = _f(1.0, "LR multiplier for norm weights and biases", gt=0.0)
+    lookahead_every: int = _f(0, "Lookahead: every N optimizer steps pull the weights back "
+                              "toward a slow copy, more strongly late in training; the final "
+                              "weights are the slow ones (0: off; airbench uses 5)", ge=0,
+                              unit="steps")
+    lookahead_decay: float = _f(0.95, "Lookahead: per-step decay of the slow weights at the end "
+                                "of training; at step t of T a sync keeps "
+                                "decay**every * (t/T)**3 of the slow copy", gt=0.0, lt=1.0)
+
+
+@dataclass
+class SchedConfig:
+    name: str = _f("onecycle", "LR schedule", choices=SCHEDULERS)
+    # onecycle
+    pct_start: float = _f(0.3, "onecycle: fraction of steps spent increasing the LR",
+                          gt=0.0, lt=1.0, unit="fraction")
+    div_factor: float = _f(25.0, "onecycle: initial LR = lr / div_factor", gt=0.0)
+    final_div_factor: float = _f(1e4, "onecycle: final LR = initial LR / final_div_factor",
+                                 gt=0.0)
+    three_phase: bool = _f(False, "onecycle: use the three-phase variant")
+    cycle_momentum: bool = _f(True, "onecycle: cycle momentum/beta1 inversely to the LR")
+    # step
+    step_size: int = _f(10, "step: epochs between LR drops", ge=1, unit="epochs")
+    gamma: float = _f(0.1, "step: LR multiplier at each drop", gt=0.0, le=1.0)
+    # plateau
+    monitor: str = _f("val_loss", "plateau: metric watched (never a test metric)",
+                      choices=["val_loss", "val_acc", "train_loss"])
+    factor: float = _f(0.2, "plateau: LR multiplier on a plateau", gt=0.0, lt=1.0)
+    patience: int = _f(3, "plateau: epochs without improvement before a drop", ge=0,
+                       unit="epochs")
+    min_lr: float = _f(0.0, "plateau: lower bound on the LR", ge=0.0)
+    # cosine / linear
+    warmup_epochs: float = _f(0.0, "cosine/linear: linear warm-up length", ge=0.0,
+                              unit="epochs")
+    final_lr_frac: float = _f(0.0, "cosine/linear: final LR as a fraction of optim.lr",
+                              ge=0.0, le=1.0, unit="fraction")
+
+
+# The batched default (pad 4 + random 32x32 crop, flip, rotate +-5 degrees, 16x16 cutout)
+# written in albumentations 2.x. "fill: mean" is the training set's mean colour, which is
+# what the batched ops fill with (0 after normalisation). CoarseDropout keeps its hole
+# inside the image, while cutout (DeVries & Taylor; the batched op) centres the square
+# anywhere and clips it at the border (196 pixels removed on average, not 256): the Pad /
+# Crop pair around it gives CoarseDropout that same border. The list assumes 32x32 images.
+ALBUMENTATIONS_DEFAULT: list[dict[str, Any]] = [
+    {"name": "Pad", "padding": 4, "fill": "mean"},
+    {"name": "RandomCrop", "height": 32, "width": 32},
+    {"name": "HorizontalFlip", "p": 0.5},
+    {"name": "Rotate", "limit": 5, "fill": "mean", "p": 1.0},
+    {"name": "Pad", "padding": [8, 8, 7, 7], "fill": "mean"},
+    {"name": "CoarseDropout", "num_holes_range": [1, 1], "hole_height_range": [16, 16],
+     "hole_width_range": [16, 16], "fill": "mean", "p": 1.0},
+    {"name": "Crop", "x_min": 8, "y_min": 8, "x_max": 40, "y_max": 40},
+]
+
+
+@dataclass
+class AugConfig:
+    backend: str = _f("batched", "where train-time augmentation runs: batched = aug.ops as "
+                      "whole-batch tensor ops on the training device; albumentations = the "
+                      "aug.albumentations transforms, image by image in DataLoader workers "
+                      "(needs the albumentations package; aug.ops and the batched ops' "
+                      "settings are then ignored, except by lr-find, which always uses them)",
+                      choices=["batched", "albumentations"])
+    ops: list[str] = _f(["crop", "flip", "rotate", "cutout"],
+                        "batched train-time augmentations, applied in this order",
+                        choices=AUGMENTATIONS)
+    crop_padding: int = _f(4, "crop: pixels of padding before the random 32x32 crop", ge=0,
+                           unit="pixels")
+    pad_mode: str = _f("zeros", "crop: padding mode", choices=["zeros", "reflect"])
+    flip_p: float = _f(0.5, "flip: probability of a horizontal flip", ge=0.0, le=1.0)
+    flip_mode: str = _f("random", "flip: random = a fresh coin per image and epoch (flip_p); "
+                        "alternate = every training image is mirrored in every other epoch, "
+                        "a random half in odd epochs and the other half in even ones "
+                        "(airbench's derandomised flip; flip_p is then ignored)",
+                        choices=["random", "alternate"])
+    rotate_degrees: float = _f(5.0, "rotate: maximum absolute angle, uniform in [-d, d]",
+                               ge=0.0, le=180.0, unit="degrees")
+    cutout_size: int = _f(16, "cutout: side of the zeroed square (clipped at borders)", ge=1,
+                          unit="pixels")
+    cutout_p: float = _f(1.0, "cutout: probability per image", ge=0.0, le=1.0)
+    albumentations: list[dict[str, Any]] = _f(
+        ALBUMENTATIONS_DEFAULT, "backend=albumentations: the transforms, in order, each a "
+        "mapping {name: <albumentations class>, <argument>: <value>, ...}; fill: mean is the "
+        "training set's mean colour. The default is the batched default above (for 32x32 "
+        "images)")
+    workers: int = _f(2, "backend=albumentations: DataLoader worker processes (0: augment in "
+                      "the training process)", ge=0, unit="processes")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(40, "number of epochs", ge=1, unit="epochs")
+    batch_size: int = _f(256, "images per training step (global, across all processes)", ge=1,
+                         unit="images")
+    eval_batch_size: int = _f(1000, "images per evaluation forward pass", ge=1, unit="images")
+    seed: int = _f(1, "seed of weights init, shuffling and augmentation", ge=0, lt=2**32)
+    device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    precision: str = _f("auto", "autocast dtype; auto = bf16 on CUDA with bf16 support, "
+                        "else fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    channels_last: bool = _f(False, "use channels_last memory format")
+    compile: bool = _f(False, "torch.compile the model")
+    sync_bn: bool = _f(False, "under torchrun: synchronise BatchNorm statistics across "
+                       "processes (SyncBatchNorm)")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", ge=0.0, lt=1.0)
+    grad_clip: float = _f(0.0, "clip gradients to this total L2 norm (0: off)", ge=0.0)
+    ema_decay: float = _f(0.0, "keep an exponential moving average of the weights with this "
+                          "decay per step and evaluate it (0: off; e.g. 0.99)", ge=0.0, lt=1.0)
+    tta: str = _f("none", "test-time augmentation in evaluation: average the logits of the "
+                  "image and its mirror (flip), plus 1-pixel shifts (flip_translate)",
+                  choices=["none", "flip", "flip_translate"])
+    eval_every: int = _f(1, "evaluate val and test every N epochs and always after the last; "
+                         "0: only after the last (skipped epochs log empty cells; saves time "
+                         "when evaluation, e.g. with TTA, is costly)", ge=0, unit="epochs")
+    threads: int = _f(0, "CPU threads for torch (0: torch's default)", ge=0)
+    progress: bool = _f(True, "show a progress bar per epoch")
+
+
+@dataclass
+class LogConfig:
+    dynamics_every: int = _f(50, "log per-layer gradient norms and update/weight ratios every "
+                             "N steps (0: off)", ge=0, unit="steps")
+    tensorboard: bool = _f(False, "also write TensorBoard event files (train/val/test loss "
+                           "and acc, lr; one point per epoch) into <run>/tensorboard/; needs "
+                           "the tensorboard package")
+
+
+@dataclass
+class DiagnoseConfig:
+    enabled: bool = _f(True, "run diagnostics and write the report at the end of training")
+    layers: list[str] = _f(["layer1", "layer2", "layer3", "layer4"],
+                           "model layers shown by the CAM grid")
+    method: str = _f("gradcam", "class-activation-map method", choices=CAMS)
+    count: int = _f(20, "misclassified images shown in the gallery and CAM grid", ge=1,
+                    unit="images")
+    target: str = _f("pred", "CAM target class", choices=["pred", "true"])
+
+
+@dataclass
+class Config:
+    name: str = _f("run", "run name; the run folder is <out>/<name>-<timestamp>")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)

@@ -1,0 +1,305 @@
+"""The diagnosis's figures: curves, the mistakes gallery, CAM grids, per-class accuracy and
+the confusion matrix. Every figure is a ``matplotlib.figure.Figure`` (no pyplot: no global
+state, no backend to choose) saved atomically with :func:`classlab.rundir.save_figure`."""
+
+from __future__ import annotations
+
+import csv
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from classlab.rundir import RunFiles, save_figure
+from classlab.rundir.metrics import read_metrics
+
+
+def _blank(ax) -> None:
+    """No ticks or frame, but keep the axis labels visible (unlike ``axis('off')``)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _placeholder(path: Path, text: str) -> None:
+    fig = Figure(figsize=(5, 1.2))
+    ax = fig.subplots()
+    _blank(ax)
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
+    save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _lr_per_step(path: Path) -> tuple[list[int], list[float]]:
+    """(step, lr) rows of dynamics.csv; streamed, since the file also holds per-layer rows."""
+    steps, lrs = [], []
+    if not path.is_file():
+        return steps, lrs
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("metric") == "lr":
+                try:
+                    steps.append(int(r["step"]))
+                    lrs.append(float(r["value"]))
+                except (TypeError, ValueError):
+                    continue  # a cut-off last line
+    return steps, lrs
+
+
+def plot_curves(run_dir: Path, out: Path) -> bool:
+    """Loss and accuracy per epoch (train/val/test) and the LR; False if no metrics.csv."""
+    from matplotlib.ticker import MaxNLocator
+
+    files = RunFiles(run_dir)
+    rows = read_metrics(files.metrics)
+    if not rows:
+        return False
+    epochs = [r["epoch"] for r in rows]
+    colors = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+    fig = Figure(figsize=(16, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, what, ylabel in ((axes[0], "loss", "cross-entropy loss"),
+                             (axes[1], "acc", "accuracy (%)")):
+        for split in ("train", "val", "test"):
+            ys = [r[f"{split}_{what}"] for r in rows]
+            if all(v != v for v in ys):  # no such split (e.g. val_split=0)
+                continue
+            ax.plot(epochs, ys, marker="o", ms=3, color=colors[split], label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("Loss per epoch")
+    axes[1].set_title("Accuracy per epoch")
+    steps, lrs = _lr_per_step(files.dynamics)
+    ax = axes[2]
+    if steps:
+        ax.plot(steps, lrs, color="tab:purple", label="lr")
+        ax.set_xlabel("step")
+        ax.set_title("Learning rate per step")
+    else:
+        ax.plot(epochs, [r["lr"] for r in rows], marker="o", ms=3, color="tab:purple",
+                label="lr")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title("Learning rate per epoch (at its start)")
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, out)
+    return True
+
+
+# --------------------------------------------------------------------------- galleries
+
+# Galleries are drawn as one pixel mosaic (numpy) shown 1:1 in a single axes, with the text
+# placed in pixel coordinates: a 20x5 grid of separate axes takes ~6 s to lay out and draw
+# on a 2-core CPU, the mosaic well under a second.
+_DPI = 100
+_GAP = 8  # pixels between cells
+
+
+def to_hwc(images: torch.Tensor) -> np.ndarray:
+    """uint8 [N,3,H,W] (any device) -> uint8 [N,H,W,3] for display: the stored pixels, so
+    no de-normalisation is involved."""
+    return images.detach().cpu().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def label(classes: list[str], t: int, p: int, conf: float) -> str:
+    return f"{classes[t]} → {classes[p]} ({100 * conf:.0f}%)"
+
+
+def _upscale(img: np.ndarray, s: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of [H,W,...] by an integer factor: crisp pixels."""
+    return np.repeat(np.repeat(img, s, axis=0), s, axis=1)
+
+
+def _overlay(img: np.ndarray, cam: np.ndarray, s: int) -> np.ndarray:
+    """uint8 [H,W,3] image and [H,W] map in [0,1] -> uint8 [sH,sW,3]: the jet-coloured map
+    blended with alpha 0.5 over the (nearest-enlarged) image. The map is enlarged bilinearly
+    (it is a smooth field, not pixels)."""
+    from matplotlib import colormaps
+
+    h, w = cam.shape
+    big = F.interpolate(torch.as_tensor(cam, dtype=torch.float32)[None, None],
+                        size=(h * s, w * s), mode="bilinear", align_corners=False)[0, 0]
+    heat = colormaps["jet"](big.clamp(0, 1).numpy())[..., :3]  # [sH,sW,3] in [0,1]
+    base = _upscale(img, s).astype(np.float32) / 255.0
+    return np.clip((0.5 * base + 0.5 * heat) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_px(text: str, size: float, weight: str = "normal") -> float:
+    """Width in pixels of ``text`` at ``size`` points (widest line), as Agg draws it."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = _renderer(RendererAgg)
+    prop = FontProperties(size=size, weight=weight)
+    return max((renderer.get_text_width_height_descent(line, prop, ismath=False)[0]
+                for line in text.split("\n") if line), default=0.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _renderer(cls):
+    return cls(10, 10, _DPI)
+
+
+def _mosaic_figure(cells: list[list[tuple[np.ndarray, str]]], out: Path, *, title: str,
+                   col_headers: list[str] | None = None, row_labels: list[str] | None = None,
+                   colorbar: bool = False, title_size: float = 8.5) -> None:
+    """Save a grid of equally sized uint8 tiles, each with an optional title above it.
+
+    cells[r][c] = (tile [h,w,3], title); rows may be shorter than the widest one.
+    """
+    th, tw = cells[0][0][0].shape[:2]
+    ncols = max(len(r) for r in cells)
+    cell_titles = [t for r in cells for _, t in r if t]
+    cw = int(max([tw] + [_text_px(t, title_size) + 6 for t in set(cell_titles)]))
+    ct = 18 if cell_titles else 0  # band above each tile for its title
+    left = int(_text_px("\n".join(row_labels), 9) + 20) if row_labels else _GAP
+    top = 40 + (22 if col_headers else 0)
+    bottom = 46 if colorbar else _GAP
+    width = max(left + ncols * cw + (ncols - 1) * _GAP + _GAP,
+                int(_text_px(title, 11)) + 4 * _GAP)
+    height = top + len(cells) * (ct + th) + (len(cells) - 1) * _GAP + bottom
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    texts: list[tuple[float, float, str, dict]] = []
+    for r, row in enumerate(cells):
+        y0 = top + r * (ct + th + _GAP)
+        for c, (tile, text) in enumerate(row):
+            x0 = left + c * (cw + _GAP)
+            xt = x0 + (cw - tw) // 2  # tile centred in its cell
+            canvas[y0 + ct:y0 + ct + th, xt:xt + tw] = tile
+            if text:
+                texts.append((x0 + cw / 2, y0 + ct - 3, text,
+                              {"ha": "center", "va": "bottom", "fontsize": title_size}))
+        if row_labels:
+            texts.append((left - 10, y0 + ct + th / 2, row_labels[r],
+                          {"ha": "right", "va": "center", "fontsize": 9}))
+    if col_headers:
+        for c, name in enumerate(col_headers):
+            texts.append((left + c * (cw + _GAP) + cw / 2, top - 6, name,
+                          {"ha": "center", "va": "bottom", "fontsize": 10,
+                           "fontweight": "bold"}))
+    texts.append((width / 2, 10, title, {"ha": "center", "va": "top", "fontsize": 11}))
+    if colorbar:  # what the overlay colours mean
+        from matplotlib import colormaps
+
+        lw, hw = _text_px("low", 8), _text_px("high", 8)
+        bw, y0 = int(min(240, width - lw - hw - 4 * _GAP)), height - 30
+        x0 = (width - bw) // 2
+        strip = colormaps["jet"](np.linspace(0, 1, bw))[:, :3]  # [bw,3]
+        canvas[y0:y0 + 12, x0:x0 + bw] = (0.5 * strip + 0.5) * 255  # as blended on white
+        texts.append((x0 - 5, y0 + 6, "low", {"ha": "right", "va": "center", "fontsize": 8}))
+        texts.append((x0 + bw + 5, y0 + 6, "high",
+                      {"ha": "left", "va": "center", "fontsize": 8}))
+    # figimage puts the canvas pixels 1:1 into the figure (no resampling); text positions
+    # are pixel coordinates from the top left, converted to figure fractions.
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    fig.figimage(canvas, 0, 0, origin="upper")
+    for x, y, s, kw in texts:
+        fig.text(x / width, 1 - y / height, s, **kw)
+    save_figure(fig, out, dpi=_DPI)
+
+
+def plot_mistakes(images: np.ndarray, titles: list[str], out: Path, per_row: int = 5,
+                  scale: int = 4) -> None:
+    """Gallery of uint8 [N,H,W,3] images, ``per_row`` per row, each titled."""
+    if len(images) == 0:
+        _placeholder(out, "no misclassified test images")
+        return
+    tiles = [(_upscale(im, scale), t) for im, t in zip(images, titles, strict=True)]
+    rows = [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
+    _mosaic_figure(rows, out, title="Most confident mistakes: true → predicted (confidence)")
+
+
+def plot_cam_grid(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: list[str],
+                  out: Path, title: str, scale: int = 4) -> None:
+    """Rows = images, columns = the image, then one CAM overlay (jet, alpha 0.5) per layer;
+    column headers are the layer names."""
+    if len(images) == 0:
+        _placeholder(out, "no misclassified test images")
+        return
+    rows = [[(_upscale(images[r], scale), "")]
+            + [(_overlay(images[r], cam[r], scale), "") for cam in maps.values()]
+            for r in range(len(images))]
+    labels = [lab.replace(" (", "\n(") for lab in row_labels]
+    _mosaic_figure(rows, out, title=title, col_headers=["image", *maps], row_labels=labels,
+                   colorbar=True)
+
+
+def plot_pred_vs_true(images: np.ndarray, cam_pred: np.ndarray, cam_true: np.ndarray,
+                      labels: list[tuple[str, str, float, float]], layer: str,
+                      method: str, out: Path, scale: int = 4) -> None:
+    """Columns: image | CAM for the predicted class | CAM for the true class. ``labels``:
+    (true name, predicted name, p(pred), p(true)) per row."""
+    if len(images) == 0:
+        _placeholder(out, "no misclassified test images")
+        return
+    rows = [[(_upscale(images[r], scale), f"true: {true}"),
+             (_overlay(images[r], cam_pred[r], scale), f"pred: {pred} ({100 * pp:.0f}%)"),
+             (_overlay(images[r], cam_true[r], scale), f"true: {true} ({100 * pt:.0f}%)")]
+            for r, (true, pred, pp, pt) in enumerate(labels)]
+    _mosaic_figure(rows, out, title=f"{method} at {layer}: predicted vs true class",
+                   col_headers=["image", "CAM for predicted", "CAM for true"],
+                   colorbar=True)
+
+
+# --------------------------------------------------------------------------- per class
+
+
+def plot_per_class(classes: list[str], acc: list[float], out: Path,
+                   overall: float | None = None) -> None:
+    """Bar per class (accuracy %), with the overall test accuracy as a dashed line."""
+    fig = Figure(figsize=(max(6.0, 0.75 * len(classes) + 2), 4.3), layout="constrained")
+    ax = fig.subplots()
+    vals = [0.0 if a != a else a for a in acc]
+    bars = ax.bar(range(len(classes)), vals, color="tab:blue")
+    for b, a in zip(bars, acc, strict=True):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1,
+                "n/a" if a != a else f"{a:.1f}", ha="center", va="bottom", fontsize=8)
+    if overall is not None:
+        ax.axhline(overall, color="tab:red", ls="--", lw=1.2,
+                   label=f"all classes: {overall:.2f}%")
+        ax.legend(loc="upper right", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes, rotation=35, ha="right")
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Per-class test accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, out)
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
+    """K x K counts; rows = true class, columns = predicted class."""
+    k = len(classes)
+    side = max(6.0, 0.62 * k + 2.5)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(cm, cmap="Blues", vmin=0)
+    from matplotlib.ticker import MaxNLocator
+
+    bar = fig.colorbar(im, ax=ax, shrink=0.8, label="images")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
+    thresh = cm.max() / 2 if cm.size and cm.max() > 0 else 1
+    size = 9 if k <= 12 else 6
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=size,
+                    color="white" if cm[i, j] > thresh else "black")
+    ax.set_xticks(range(k), classes, rotation=40, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (test set)")
+    save_figure(fig, out)

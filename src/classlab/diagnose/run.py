@@ -1,0 +1,337 @@
+"""``classlab diagnose``: every table and figure of a run's diagnosis, from one pass of the
+model over the test set (or the outputs the last epoch of training saved).
+
+:func:`diagnose` reads as its steps: predict, then curves, mistakes, per-class and confusion,
+CAMs, and diagnose.json. Loading a run folder's checkpoint into a session is the run layer's
+(:func:`classlab.run.diagnosis.diagnose_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from classlab import config
+from classlab.diagnose.cams import CAMS, DiagnoseError, compute_cams, module_named, valid_layers
+from classlab.diagnose.figures import (
+    label,
+    plot_cam_grid,
+    plot_confusion,
+    plot_curves,
+    plot_mistakes,
+    plot_per_class,
+    plot_pred_vs_true,
+    to_hwc,
+)
+from classlab.diagnose.tables import confusion_matrix, fmt, top_confused
+from classlab.engine import Normalizer, evaluate
+from classlab.models import build_model
+from classlab.rundir import PREDICTION_FIELDS, RunFiles, write_json
+from classlab.rundir.checkpoint import load_test_outputs
+from classlab.rundir.metrics import write_csv
+from classlab.rundir.summary import read_summary
+
+
+@dataclass
+class Predictions:
+    """The test set's predictions, on the CPU: labels, predicted classes, softmax, losses."""
+
+    y: torch.Tensor  # [N] int64 true class
+    pred: torch.Tensor  # [N] int64 predicted class
+    probs: torch.Tensor  # [N,K] float32 softmax (averaged over TTA views' logits)
+    losses: torch.Tensor  # [N] float32 per-image cross-entropy
+
+    @property
+    def conf(self) -> torch.Tensor:  # [N] probability of the predicted class
+        return self.probs.gather(1, self.pred[:, None])[:, 0]
+
+    @property
+    def p_true(self) -> torch.Tensor:  # [N] probability of the true class
+        return self.probs.gather(1, self.y[:, None])[:, 0]
+
+    @property
+    def correct(self) -> int:
+        return int((self.pred == self.y).sum())
+
+
+@dataclass
+class Args:
+    layers: list[str]
+    method: str
+    count: int
+    target: str
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def check_args(model: nn.Module, a: Args) -> None:
+    """One-line DiagnoseError for the first bad argument (``model`` may be a skeleton)."""
+    if a.method not in CAMS:
+        raise DiagnoseError(f"diagnose.method: unknown method {a.method!r}; allowed: "
+                            f"{', '.join(CAMS)}")
+    if not a.layers:
+        raise DiagnoseError("diagnose.layers: no layer given; valid: "
+                            f"{', '.join(valid_layers(model))}")
+    for name in a.layers:
+        module_named(model, name)
+    if not isinstance(a.count, int) or isinstance(a.count, bool) or a.count < 1:
+        raise DiagnoseError(f"diagnose.count: {a.count!r} is out of range; must be ≥ 1")
+    if a.target not in ("pred", "true"):
+        raise DiagnoseError(f"diagnose.target: unknown value {a.target!r}; allowed: pred, "
+                            "true")
+
+
+def skeleton(state: dict) -> nn.Module:
+    """The run's model built on the meta device (no memory, no init): for checking layer
+    names before the data is loaded."""
+    cfg = config.from_dict(state["config"])
+    with torch.device("meta"):
+        return build_model(cfg.model, num_classes=len(state.get("classes") or range(10)))
+
+
+def eval_model(s) -> nn.Module:
+    """The weights whose metrics the run reported (the EMA copy when the run keeps one)."""
+    model = getattr(s, "eval_model", None)
+    return s.model if model is None else model
+
+
+def resolve_args(cfg: Any, layers: list[str] | str | None, method: str | None,
+                  count: int | None, target: str | None) -> Args:
+    """The arguments given, else the run config's ``diagnose`` section."""
+    if layers is None:
+        layers = cfg.diagnose.layers
+    elif isinstance(layers, str):  # "layer1,layer4", as on the command line
+        layers = [x for x in layers.split(",") if x]
+    return Args(list(dict.fromkeys(layers)),  # unique, in order
+                cfg.diagnose.method if method is None else method,
+                cfg.diagnose.count if count is None else count,
+                cfg.diagnose.target if target is None else target)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+@contextlib.contextmanager
+def _fast_cpu_layout(model: nn.Module, s) -> Iterator[Any]:
+    """On CPU, run inference with channels_last (oneDNN convolutions were ~1.4-1.8x faster
+    than NCHW on the 2-core dev machine); the model's memory format is put back afterwards.
+    Yields the normaliser that matches."""
+    if s.device.type != "cpu" or s.normalize.channels_last:
+        yield s.normalize  # CUDA, or the run already uses channels_last
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield Normalizer(s.splits.mean, s.splits.std, s.device, channels_last=True)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def predict(s, model: nn.Module, files: RunFiles, ckpt_epoch: int | None) -> Predictions:
+    """The test set's predictions with the run's test-time augmentation (the predictions
+    behind its reported test accuracy): the outputs the last epoch of training saved for
+    this checkpoint, recomputed only when they are missing or belong to another one."""
+    x_u8, y_dev = s.data["test"]
+    saved = load_test_outputs(files.test_outputs, ckpt_epoch, len(x_u8))
+    if saved is not None:
+        probs, losses = saved
+        return Predictions(y_dev.cpu(), probs.argmax(1), probs.float(), losses.float())
+    with _fast_cpu_layout(model, s) as normalize:
+        ev = evaluate(model, x_u8, y_dev, normalize=normalize,
+                      batch_size=s.cfg.train.eval_batch_size, amp=s.amp, keep_outputs=True,
+                      tta=s.cfg.train.tta)
+    return Predictions(y_dev.cpu(), ev.preds, ev.probs.float(), ev.losses.float())
+
+
+def _write_predictions(path: Path, p: Predictions, classes: list[str]) -> None:
+    write_csv(path, PREDICTION_FIELDS,
+              [[i, int(a), int(b), fmt(float(c)), fmt(float(lo)), classes[a], classes[b]]
+               for i, (a, b, c, lo) in enumerate(zip(p.y.tolist(), p.pred.tolist(),
+                                                     p.conf.tolist(), p.losses.tolist()))])
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def most_confident_mistakes(p: Predictions, count: int) -> torch.Tensor:
+    """Test-set indices of up to ``count`` misclassified images, most confident first (then
+    highest loss, then lowest index)."""
+    wrong = torch.nonzero(p.pred != p.y)[:, 0]  # [M]
+    conf = p.conf
+    order = np.lexsort((wrong.numpy(), -p.losses[wrong].numpy(), -conf[wrong].numpy()))
+    return wrong[torch.from_numpy(order[:count]).long()]
+
+
+def _per_class(cm: torch.Tensor, classes: list[str]) -> list[dict]:
+    support = cm.sum(1)
+    return [{"class": classes[i], "images": int(support[i]), "correct": int(cm[i, i]),
+             "accuracy": (100.0 * int(cm[i, i]) / int(support[i])
+                          if int(support[i]) else float("nan"))} for i in range(len(classes))]
+
+
+def _tables(p: Predictions, classes: list[str], files: RunFiles) -> tuple[list, list]:
+    """per_class.csv/.png, confusion.csv/.png, confused_pairs.csv; (per_class, pairs)."""
+    cm = confusion_matrix(p.y, p.pred, len(classes))  # [K,K]
+    per_class = _per_class(cm, classes)
+    write_csv(files.per_class_csv, ["class_id", "class", "images", "correct", "accuracy"],
+              [[i, r["class"], r["images"], r["correct"], fmt(r["accuracy"])]
+               for i, r in enumerate(per_class)])
+    plot_per_class(classes, [r["accuracy"] for r in per_class], files.per_class,
+                   100.0 * p.correct / len(p.y))
+    write_csv(files.confusion_csv, ["true\\pred", *classes],
+              [[classes[i], *cm[i].tolist()] for i in range(len(classes))])
+    plot_confusion(cm.numpy(), classes, files.confusion)
+    pairs = [{"true": classes[a], "pred": classes[b], "count": c}
+             for a, b, c in top_confused(cm, 10)]
+    write_csv(files.confused_pairs, ["true", "pred", "count"],
+              [[q["true"], q["pred"], q["count"]] for q in pairs])
+    return per_class, pairs
+
+
+def _cams(s, model: nn.Module, p: Predictions, shown: torch.Tensor, a: Args,
+          files: RunFiles, images: np.ndarray, titles: list[str], classes: list[str]) -> None:
+    """cam_mistakes.png (the shown images, chosen target, every layer) and
+    cam_pred_vs_true.png (the first <=10 again, both targets, last layer): one batch, one
+    forward and one backward pass."""
+    x_u8 = s.data["test"][0]
+    m, m2, last = len(shown), min(len(shown), 10), a.layers[-1]
+    grid: dict[str, np.ndarray] = {name: np.zeros((0,)) for name in a.layers}
+    cam_pred = cam_true = np.zeros((0,))
+    if m:
+        first, other = ((p.pred[shown], p.y[shown]) if a.target == "pred"
+                        else (p.y[shown], p.pred[shown]))
+        idx = torch.cat([shown, shown[:m2]]).to(x_u8.device)
+        maps = compute_cams(model, s.normalize(x_u8[idx]), a.layers, a.method,
+                            torch.cat([first, other[:m2]]).to(x_u8.device))
+        maps = {name: v.cpu().numpy() for name, v in maps.items()}  # [m+m2,H,W] each
+        grid = {name: v[:m] for name, v in maps.items()}
+        extra = maps[last][m:]  # [m2,H,W], the other target, last layer
+        cam_pred, cam_true = ((grid[last][:m2], extra) if a.target == "pred"
+                              else (extra, grid[last][:m2]))
+    plot_cam_grid(images, grid, titles, files.cam_mistakes,
+                  f"{a.method} on the most confident mistakes (target: "
+                  f"{'predicted' if a.target == 'pred' else 'true'} class)")
+    conf, p_true = p.conf, p.p_true
+    plot_pred_vs_true(images[:m2], cam_pred, cam_true,
+                      [(classes[int(p.y[i])], classes[int(p.pred[i])], float(conf[i]),
+                        float(p_true[i])) for i in shown[:m2]], last, a.method,
+                      files.cam_pred_vs_true)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
+             seconds: dict[str, float] | None = None) -> dict:
+    """Write predictions.csv and ``run_dir/diagnose/*`` for the session ``s``, whose model
+    holds the run's evaluated weights (the run flow's :func:`classlab.run.diagnosis.diagnose_run`
+    builds it from ``last.pt`` when needed). ``a``: checked arguments (:func:`check_args`);
+    ``checkpoint_epoch``: the epoch those weights are from (None: summary.json's)."""
+    t_start, seconds = time.perf_counter(), dict(seconds or {})
+    run_dir, files = Path(run_dir), RunFiles(run_dir)
+    model, classes = eval_model(s), list(s.splits.classes)
+    files.diagnose.mkdir(exist_ok=True)
+    if len(s.data["test"][0]) == 0:
+        raise DiagnoseError(f"{run_dir}: the test split is empty")
+    epoch = checkpoint_epoch if checkpoint_epoch is not None else _epochs_done(files)
+
+    t = time.perf_counter()
+    p = predict(s, model, files, epoch)
+    _write_predictions(files.predictions, p, classes)
+    seconds["predictions"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    has_curves = plot_curves(run_dir, files.curves)
+    seconds["curves"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    shown = most_confident_mistakes(p, a.count)  # [m] test-set indices
+    images = to_hwc(s.data["test"][0][shown.to(s.device)])  # uint8 [m,H,W,3]
+    conf = p.conf
+    titles = [label(classes, int(p.y[i]), int(p.pred[i]), float(conf[i])) for i in shown]
+    plot_mistakes(images, titles, files.mistakes)
+    seconds["mistakes"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    per_class, pairs = _tables(p, classes, files)
+    seconds["confusion"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _cams(s, model, p, shown, a, files, images, titles, classes)
+    seconds["cams"] = time.perf_counter() - t
+
+    seconds["total"] = time.perf_counter() - t_start + seconds.get("load", 0.0)
+    result = _result(run_dir, epoch, p, shown, a, s.cfg.train.tta, classes, per_class, pairs,
+                     seconds)
+    written = _written(files, has_curves)
+    write_json(files.diagnose_json, _jsonable(
+        {**result, "files": {k: files.rel(v) for k, v in written.items()}}))
+    n = len(p.y)
+    print(f"Diagnose: test acc {result['test_acc']:.2f}% ({p.correct}/{n}), {n - p.correct} "
+          f"misclassified ({len(shown)} shown), {a.method} at {', '.join(a.layers)}; "
+          f"{seconds['total']:.1f}s -> {files.diagnose}", flush=True)
+    return {**result, "dir": files.diagnose, "files": written}
+
+
+def _written(files: RunFiles, has_curves: bool) -> dict[str, Path]:
+    """What diagnose wrote, by the keys diagnose.json and the report use."""
+    written = {"predictions": files.predictions, "curves": files.curves,
+               "mistakes": files.mistakes, "per_class_csv": files.per_class_csv,
+               "per_class": files.per_class, "confusion_csv": files.confusion_csv,
+               "confusion": files.confusion, "confused_pairs": files.confused_pairs,
+               "cam_mistakes": files.cam_mistakes, "cam_pred_vs_true": files.cam_pred_vs_true,
+               "json": files.diagnose_json}
+    if not has_curves:
+        del written["curves"]
+    return written
+
+
+def _result(run_dir: Path, epoch: int | None, p: Predictions, shown: torch.Tensor, a: Args,
+            tta: str, classes: list[str], per_class: list, pairs: list,
+            seconds: dict[str, float]) -> dict:
+    n, correct, conf = len(p.y), p.correct, p.conf
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint_epoch": epoch,
+        "test_images": n,
+        "test_correct": correct,
+        "test_acc": 100.0 * correct / n,
+        "test_loss": float(p.losses.double().mean()),
+        "mistakes": n - correct,
+        "shown": len(shown),
+        "count": a.count,
+        "method": a.method,
+        "layers": a.layers,
+        "target": a.target,
+        "tta": tta,
+        "classes": classes,
+        "per_class": per_class,
+        "confused_pairs": pairs,
+        "shown_images": [{"index": int(i), "true": classes[int(p.y[i])],
+                          "pred": classes[int(p.pred[i])], "confidence": float(conf[i])}
+                         for i in shown],
+        "seconds": {key: round(v, 3) for key, v in seconds.items()},
+    }
+
+
+def _epochs_done(files: RunFiles) -> int | None:
+    return (read_summary(files.summary) or {}).get("epochs_done")
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN is not JSON: write null instead."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj

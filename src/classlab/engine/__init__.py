@@ -1,0 +1,28 @@
+"""The training engine: everything that runs the model, and nothing that writes files.
+
+- :mod:`~classlab.engine.step`: the one training step (shared by the epoch loop and lr-find)
+- :mod:`~classlab.engine.epoch`: one epoch of shuffled, augmented batches
+- :mod:`~classlab.engine.evaluate`: loss/accuracy on a split, test-time augmentation
+- :mod:`~classlab.engine.batches`: uint8 images -> normalised batches, the epoch's generator
+- :mod:`~classlab.engine.precision`: device, autocast and the fp16 gradient scaler
+- :mod:`~classlab.engine.distributed`: torchrun (sharding, all-reduce)
+- :mod:`~classlab.engine.ema`, :mod:`~classlab.engine.rng`, :mod:`~classlab.engine.dynamics`:
+  weight averaging, RNG states, weight-update logging
+"""
+
+from classlab.engine.batches import Normalizer, batch_indices, epoch_generator, steps_per_epoch
+from classlab.engine.distributed import Dist, init_distributed
+from classlab.engine.dynamics import DynamicsLogger
+from classlab.engine.ema import Ema
+from classlab.engine.epoch import EpochResult, train_one_epoch
+from classlab.engine.errors import TrainingError
+from classlab.engine.evaluate import TTA, EvalResult, evaluate
+from classlab.engine.precision import Amp, resolve_device, resolve_precision
+from classlab.engine.rng import rng_state, seed_everything, set_rng_state
+from classlab.engine.step import backward_and_step, train_step
+
+__all__ = ["TTA", "Amp", "Dist", "DynamicsLogger", "Ema", "EpochResult", "EvalResult",
+           "Normalizer", "TrainingError", "backward_and_step", "batch_indices", "epoch_generator",
+           "evaluate", "init_distributed", "resolve_device", "resolve_precision", "rng_state",
+           "seed_everything", "set_rng_state", "steps_per_epoch", "train_one_epoch",
+           "train_step"]

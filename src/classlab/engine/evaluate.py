@@ -1,0 +1,88 @@
+"""Evaluation: loss and accuracy of a model on uint8 images, optionally with test-time
+augmentation (TTA), optionally keeping every image's outputs (for diagnose)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classlab.engine.batches import Normalizer
+from classlab.engine.distributed import Dist
+from classlab.engine.precision import Amp
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean per-sample cross-entropy
+    acc: float  # percent correct
+    n: int
+    preds: torch.Tensor | None = None  # [N] int64 (keep_outputs=True)
+    probs: torch.Tensor | None = None  # [N, K] float32 softmax
+    losses: torch.Tensor | None = None  # [N] per-sample loss
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate ``[N,C,H,W]`` by (dy, dx) pixels, filling with reflected border pixels."""
+    p = max(abs(dy), abs(dx))
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., p - dy: p - dy + h, p - dx: p - dx + w]
+
+
+TTA: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
+    "none": lambda x: [x],
+    "flip": lambda x: [x, x.flip(-1)],
+    # the image, its mirror, and both shifted one pixel up-left and down-right
+    "flip_translate": lambda x: [v for s in (x, _shift(x, 1, 1), _shift(x, -1, -1))
+                                 for v in (s, s.flip(-1))],
+}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    normalize: Normalizer,
+    batch_size: int,
+    amp: Amp,
+    keep_outputs: bool = False,
+    tta: str = "none",
+    dist: Dist = Dist(),
+) -> EvalResult:
+    """Loss and accuracy of ``model`` on uint8 ``x``, without augmentation, or with test-time
+    augmentation ``tta`` (see :data:`TTA`) averaging the logits of several views. Outputs
+    stay on the CPU."""
+    if len(x) == 0:
+        return EvalResult(float("nan"), float("nan"), 0)
+    if keep_outputs and dist.world > 1:
+        raise ValueError("keep_outputs needs the whole set in one process")
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    preds, probs, losses = [], [], []
+    for idx in dist.shard(torch.arange(len(x), device=x.device)).split(batch_size):
+        xb, yb = normalize(x[idx]), y[idx]
+        with amp.autocast():
+            logits = torch.stack([model(v).float() for v in TTA[tta](xb)]).mean(0)
+        per = F.cross_entropy(logits, yb, reduction="none")
+        loss_sum += per.double().sum().item()
+        pred = logits.argmax(1)
+        correct += int((pred == yb).sum())
+        if keep_outputs:
+            preds.append(pred.cpu())
+            probs.append(logits.softmax(1).cpu())
+            losses.append(per.cpu())
+    model.train(was_training)
+    if dist.world > 1:
+        loss_sum, correct = (t.item() for t in dist.sum(torch.tensor(loss_sum, device=x.device),
+                                                         torch.tensor(correct, device=x.device)))
+    res = EvalResult(loss_sum / len(x), 100.0 * correct / len(x), len(x))
+    if keep_outputs:
+        res.preds, res.probs, res.losses = torch.cat(preds), torch.cat(probs), torch.cat(losses)
+    return res

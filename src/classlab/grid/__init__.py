@@ -1,0 +1,16 @@
+"""Grids of runs: the Cartesian product of config axes, one deterministic run folder per point.
+
+- :mod:`~classlab.grid.spec`: the grid file and its points
+- :mod:`~classlab.grid.folder`: the grid folder, and one point trained by the run flow
+- :mod:`~classlab.grid.local`: ``classlab grid`` on this machine (in process, or N children)
+- :mod:`~classlab.grid.table`: ``classlab table`` (results.md/.csv and the overlays)
+- ``python -m classlab.grid run-point POINT_DIR``: one point in a fresh process
+"""
+
+from classlab.grid.folder import point_command, prepare, read_grid_dir, record_failure, run_point
+from classlab.grid.local import main_grid
+from classlab.grid.spec import Grid, Point, load_grid
+from classlab.grid.table import main_table, write_table
+
+__all__ = ["Grid", "Point", "load_grid", "main_grid", "main_table", "point_command",
+           "prepare", "read_grid_dir", "record_failure", "run_point", "write_table"]

@@ -1,0 +1,204 @@
+"""``classlab grid``: the local engine. Points run one after another in this process
+(``--jobs 1``), or in up to N child processes that share out the cores and GPUs; a rerun of
+the same command skips finished points and resumes the others.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from classlab.config import ConfigError
+from classlab.grid.folder import (
+    error_line,
+    point_command,
+    point_state,
+    prepare,
+    record_failure,
+    run_point,
+)
+from classlab.grid.spec import Grid, Point, load_grid
+from classlab.grid.table import cell, write_table
+from classlab.rundir import RunFiles
+from classlab.rundir.summary import is_finished, read_summary
+
+
+def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("runs"),
+              data_dir: Path | None = None, jobs: int = 1, print_commands: bool = False,
+              grid_dir: Path | None = None) -> int:
+    """``classlab grid``: 0 when every point finished, 1 when any failed."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: {jobs} is out of range; must be ≥ 1")
+    grid = load_grid(grid_path, overrides)
+    gdir = Path(grid_dir) if grid_dir is not None else Path(out) / grid.name
+    prepare(grid, gdir)
+    if print_commands:
+        _print_commands(grid, gdir, data_dir)
+        return 0
+    states = _print_plan(grid, gdir)
+    todo = [p for p, st in zip(grid.points, states) if st != "finished"]
+    t0 = time.time()
+    if jobs == 1:
+        failed = _run_serial(todo, gdir, data_dir)
+    else:
+        failed = _run_parallel(todo, gdir, data_dir, jobs)
+    md = write_table(gdir)
+    print(f"\n{md.read_text()}", end="", flush=True)
+    print(f"{len(todo) - len(failed)} ran, {len(grid.points) - len(todo)} skipped (finished), "
+          f"{len(failed)} failed in {time.time() - t0:.0f} s; table: {md}", flush=True)
+    return 1 if failed else 0
+
+
+def _print_commands(grid: Grid, gdir: Path, data_dir: Path | None) -> None:
+    # Comment lines keep the output runnable as a script (bash, or `grep -v '^#' | parallel`).
+    print(f"# {len(grid.points)} runs of grid {grid.name} in {gdir.resolve()}")
+    for p in grid.points:
+        print(shlex.join(point_command(gdir / p.name, data_dir)))
+    print(f"# then: classlab table {shlex.quote(str(gdir.resolve()))}")
+
+
+def _print_plan(grid: Grid, gdir: Path) -> list[str]:
+    states = [point_state(gdir / p.name) for p in grid.points]
+    values = [" ".join(f"{k}={cell(v)}" for k, v in p.values.items()) for p in grid.points]
+    w1, w2 = max(len(p.name) for p in grid.points), max(len(v) for v in values)
+    print(f"{len(grid.points)} runs:")
+    for p, v, state in zip(grid.points, values, states):
+        print(f"  {p.name:<{w1}}  {v:<{w2}}  [{state}]")
+    print(f"grid folder: {gdir}", flush=True)
+    return states
+
+
+def _run_serial(points: list[Point], gdir: Path, data_dir: Path | None) -> list[str]:
+    """In-process: live progress in this terminal and no interpreter start per point. A hard
+    crash (segfault, OOM kill) stops the grid, but a rerun resumes where it stopped."""
+    failed = []
+    for i, p in enumerate(points, 1):
+        tag = f"[{i}/{len(points)}]"
+        print(f"{tag} start {p.name}", flush=True)
+        t0 = time.time()
+        try:
+            summary = run_point(gdir / p.name, data_dir)
+        except Exception as e:
+            failed.append(p.name)
+            print(f"{tag} {p.name}: FAILED: {error_line(e)}", flush=True)
+            continue
+        print(f"{tag} {p.name}: {_outcome(summary)} ({time.time() - t0:.0f} s)", flush=True)
+    return failed
+
+
+def _outcome(summary: dict | None) -> str:
+    if is_finished(summary):
+        return f"finished, test acc {summary['final']['test_acc']:.2f}%"
+    if summary and summary.get("status") == "failed":
+        return f"FAILED: {summary.get('error')}"
+    return "FAILED: stopped without a result"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _gpu_ids() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+
+
+def _child_env(slot: int, threads: int, gpus: list[str], device: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               MPLBACKEND="Agg")
+    # One device per job slot; an explicit cuda:N or cpu in the config is left alone.
+    if gpus and device in ("auto", "cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+@dataclass
+class _Job:
+    point: Point
+    slot: int
+    proc: subprocess.Popen
+    log: Any
+    t0: float
+
+
+def _run_parallel(points: list[Point], gdir: Path, data_dir: Path | None,
+                  jobs: int) -> list[str]:
+    """Up to ``jobs`` child processes, each training one point with its output in
+    ``<point>/train.log``; the cores are shared out so the children do not oversubscribe."""
+    threads = max(1, _cores() // jobs)
+    gpus = _gpu_ids()
+    pending, running, failed = deque(points), [], []
+    free = list(range(jobs))
+    try:
+        while pending or running:
+            while pending and free:
+                running.append(_start_job(pending.popleft(), free.pop(0), gdir, data_dir,
+                                          threads, gpus))
+            time.sleep(0.2)
+            for job in [j for j in running if j.proc.poll() is not None]:
+                running.remove(job)
+                free.append(job.slot)
+                if not _finish_job(job, gdir):
+                    failed.append(job.point.name)
+    except KeyboardInterrupt:
+        _stop_jobs(running)
+        raise
+    return failed
+
+
+def _start_job(p: Point, slot: int, gdir: Path, data_dir: Path | None, threads: int,
+               gpus: list[str]) -> _Job:
+    point_dir = gdir / p.name
+    log = open(RunFiles(point_dir).train_log, "a")  # appended: a resumed point keeps its history
+    log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {p.name}\n")
+    log.flush()
+    env = _child_env(slot, threads, gpus, p.cfg.train.device)
+    proc = subprocess.Popen(point_command(point_dir, data_dir, threads), stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    where = f", GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+    print(f"start {p.name} ({threads} thread{'s' if threads > 1 else ''}{where}; log "
+          f"{RunFiles(point_dir).train_log})",
+          flush=True)
+    return _Job(p, slot, proc, log, time.time())
+
+
+def _finish_job(job: _Job, gdir: Path) -> bool:
+    job.log.close()
+    point_dir = gdir / job.point.name
+    summary = read_summary(RunFiles(point_dir).summary)
+    ok = job.proc.returncode == 0 and is_finished(summary)
+    if not ok and not (summary and summary.get("status") == "failed"):
+        # The child died without recording why (killed, segfault, import error).
+        record_failure(point_dir, f"worker exited with status {job.proc.returncode} "
+                                  f"(see {RunFiles(point_dir).train_log})")
+        summary = read_summary(RunFiles(point_dir).summary)
+    print(f"end   {job.point.name}: {_outcome(summary)} ({time.time() - job.t0:.0f} s)",
+          flush=True)
+    return ok
+
+
+def _stop_jobs(running: list[_Job]) -> None:
+    for job in running:
+        job.proc.terminate()
+    for job in running:
+        try:
+            job.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            job.proc.kill()
+            job.proc.wait()
+        job.log.close()

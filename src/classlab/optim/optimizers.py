@@ -1,0 +1,70 @@
+"""Optimizers by name (torch's own classes), with per-group weight decay and LR scale for
+norm weights and biases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from classlab.config import OptimConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """One group, or two when norm weights / biases get their own weight decay or LR.
+
+    A parameter counts as "norm or bias" when it is 1-D (BN/GN/LN affine, conv/linear bias):
+    decaying those shrinks the scale of normalized activations without regularising anything.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.no_decay_norm_bias and cfg.norm_bias_lr_scale == 1.0:
+        return [{"params": params, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
+    nd = [p for p in params if p.ndim <= 1]
+    wd = [p for p in params if p.ndim > 1]
+    return [
+        {"params": wd, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+        {"params": nd, "weight_decay": 0.0 if cfg.no_decay_norm_bias else cfg.weight_decay,
+         "lr": cfg.lr * cfg.norm_bias_lr_scale},
+    ]
+
+
+def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+                           and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+
+
+def _adam(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    # Adam's weight_decay is coupled: added to the gradient before the adaptive scaling.
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            weight_decay=cfg.weight_decay)
+
+
+def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    # AdamW's is decoupled: w <- w - lr * wd * w, independent of the gradient scaling.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adamw,
+}
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.name](param_groups(model, cfg), cfg)
+
+
+def current_lr(opt: torch.optim.Optimizer) -> float:
+    """LR of the first parameter group (the one that holds the conv/linear weights)."""
+    return float(opt.param_groups[0]["lr"])
+
+
+def current_momentum(opt: torch.optim.Optimizer) -> float | None:
+    """SGD momentum or Adam beta1 of the first group (cycled by onecycle)."""
+    g = opt.param_groups[0]
+    if "betas" in g:
+        return float(g["betas"][0])
+    return float(g["momentum"]) if "momentum" in g else None

@@ -1,0 +1,36 @@
+"""One report per run: ``report.md`` (renders on GitHub, images by relative path) and
+``report.html`` (self-contained: images as base64 data URIs, inline CSS, no scripts).
+
+- :mod:`~classlab.report.sections`: what the report says, section by section, as blocks
+- :mod:`~classlab.report.markdown`, :mod:`~classlab.report.htmlpage`: the two renderings
+- :mod:`~classlab.report.dynamics`: the weight-update section (and the grid's overlay)
+- :mod:`~classlab.report.names`: display names shared with the grid table
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from classlab.report.blocks import H
+from classlab.report.htmlpage import to_html
+from classlab.report.markdown import to_markdown
+from classlab.report.sections import blocks
+from classlab.rundir import RunDirError, RunFiles, atomic_write_text
+
+
+def build_report(run_dir: Path) -> tuple[Path, Path]:
+    """Write ``run_dir/report.md`` and ``run_dir/report.html`` (atomically); return both."""
+    run_dir, files = Path(run_dir), RunFiles(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: not a run folder (no such folder)")
+    if not any(p.is_file() for p in (files.summary, files.config, files.metrics)):
+        raise RunDirError(f"{run_dir}: not a run folder (no summary.json, config.yaml "
+                          "or metrics.csv)")
+    report = blocks(run_dir)
+    title = next((b.text for b in report if isinstance(b, H)), "Run report")
+    atomic_write_text(files.report_md, to_markdown(report, run_dir))
+    atomic_write_text(files.report_html, to_html(report, run_dir, title))
+    return files.report_md, files.report_html
+
+
+__all__ = ["build_report"]

@@ -1,0 +1,334 @@
+"""The report's sections, each a function from what the run folder holds to blocks; a
+missing part is named together with the command that makes it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from classlab.report.blocks import Block, Code, H, Img, Md, P, Table, duration, g, num, pct
+from classlab.report.dynamics import report_section
+from classlab.report.names import NORM_SHORT, cam_name
+from classlab.rundir import RunFiles
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    try:
+        with open(path, newline="") as f:
+            return [row for row in csv.reader(f) if row]
+    except OSError:
+        return []
+
+
+def _augmentations(aug: dict) -> str:
+    ops = aug.get("ops") or []
+    if not ops:
+        return "none"
+    desc = {
+        "crop": lambda: f"crop (padding {aug.get('crop_padding')}, {aug.get('pad_mode')})",
+        "flip": lambda: f"flip (p={aug.get('flip_p')})",
+        "rotate": lambda: f"rotate (±{aug.get('rotate_degrees')}°)",
+        "cutout": lambda: (f"cutout ({aug.get('cutout_size')}×{aug.get('cutout_size')}, "
+                           f"p={aug.get('cutout_p')})"),
+    }
+    return ", ".join(desc[op]() if op in desc else str(op) for op in ops)
+
+
+def _scheduler(sched: dict) -> str:
+    name = sched.get("name", "?")
+    if name == "onecycle":
+        return (f"onecycle (pct_start {sched.get('pct_start')}, div_factor "
+                f"{sched.get('div_factor')}, final_div_factor {sched.get('final_div_factor')})")
+    if name == "step":
+        return f"step (×{sched.get('gamma')} every {sched.get('step_size')} epochs)"
+    if name == "plateau":
+        return (f"plateau (monitor {sched.get('monitor')}, factor {sched.get('factor')}, "
+                f"patience {sched.get('patience')})")
+    if name in ("cosine", "linear"):
+        return (f"{name} (warm-up {sched.get('warmup_epochs')} epochs, final "
+                f"{sched.get('final_lr_frac')}×lr)")
+    return str(name)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _summary_blocks(summary: dict, cfg: dict) -> list[Block]:
+    model, optim, train = cfg.get("model", {}), cfg.get("optim", {}), cfg.get("train", {})
+    data = cfg.get("data", {})
+    norm = model.get("norm", summary.get("norm", "?"))
+    params = summary.get("params")
+    done, epochs = summary.get("epochs_done"), summary.get("epochs", train.get("epochs"))
+    rows = [
+        ["Model", f"{model.get('name', summary.get('model', '?'))} (width "
+                  f"{model.get('width', '?')})"],
+        ["Normalization", f"{norm} – {NORM_SHORT.get(norm, norm)}"
+                          + (f", {model.get('gn_groups')} groups" if norm == "gn" else "")],
+        ["Optimizer", str(optim.get("name", summary.get("optimizer", "?")))
+         + (f" (momentum {optim.get('momentum')}"
+            + (", nesterov" if optim.get("nesterov") else "") + ")"
+            if optim.get("name") == "sgd" else "")],
+        ["Learning rate", g(optim.get("lr"))],
+        ["Weight decay", g(optim.get("weight_decay"))],
+        ["Scheduler", _scheduler(cfg.get("sched", {"name": summary.get("scheduler", "?")}))],
+        ["Batch size", str(train.get("batch_size", "?"))],
+        ["Epochs", f"{epochs}" + (f" ({done} done)" if done is not None and done != epochs
+                                   else "")],
+        ["Augmentations", _augmentations(cfg.get("aug", {}))],
+        ["Label smoothing", g(train.get("label_smoothing", 0))],
+        ["Test-time augmentation", str(train.get("tta", "none"))],
+        ["Weight EMA", f"decay {train['ema_decay']}" if num(train.get("ema_decay")) > 0
+         else "off"],
+        ["Parameters", f"{params:,}" if isinstance(params, int) else "–"],
+        ["Dataset", f"{data.get('name', '?')}: "
+                    + ", ".join(f"{summary[k]:,} {k.split('_')[0]}"
+                                for k in ("train_images", "val_images", "test_images")
+                                if isinstance(summary.get(k), int))],
+        ["Device", str(summary.get("device", "–"))],
+        ["Precision", str(summary.get("precision", "–"))],
+        ["Wall time", duration(summary.get("wall_seconds"))
+         + (f" ({summary['seconds_per_epoch']} s/epoch)" if summary.get("seconds_per_epoch")
+            else "")],
+        ["Seed", str(train.get("seed", "–"))],
+    ]
+    versions = summary.get("versions") or {}
+    if versions:
+        rows.append(["Versions", ", ".join(f"{k} {v}" for k, v in versions.items()
+                                           if v is not None)])
+    return [H(2, "Summary"), Table(["Setting", "Value"], rows, "ll")]
+
+
+def _results_blocks(summary: dict, diag: dict | None) -> list[Block]:
+    out: list[Block] = [H(2, "Results")]
+    final, best = summary.get("final"), summary.get("best_by_val")
+    if not final:
+        out.append(P("No finished epoch yet."))
+        return out
+    done = summary.get("epochs_done", "?")
+    rows = [[f"final (epoch {done})", pct(final.get("train_acc")), pct(final.get("val_acc")),
+             pct(final.get("test_acc"))]]
+    if best:
+        by = "val" if best.get("by") == "val_acc" else "train"
+        rows.append([f"best by {by} accuracy (epoch {best.get('epoch')})", "",
+                     pct(best.get("val_acc")), pct(best.get("test_acc"))])
+    out.append(Table(["", "train accuracy", "val accuracy", "test accuracy"], rows))
+    if best:
+        by = "validation accuracy" if best.get("by") == "val_acc" else "training accuracy"
+        out.append(P(f"The best epoch, **{best.get('epoch')}**, is chosen by {by} only; the "
+                      f"test accuracy of that epoch (**{pct(best.get('test_acc'))}**) is "
+                      "reported as it is and never used to pick it. Training accuracy is the "
+                      "running accuracy over each epoch's augmented batches."))
+    if diag:
+        out.append(P(f"Diagnose re-evaluated the last checkpoint (epoch "
+                      f"{diag.get('checkpoint_epoch', '?')}): test accuracy "
+                      f"**{pct(diag.get('test_acc'))}** ({diag.get('test_correct')}/"
+                      f"{diag.get('test_images')}), {diag.get('mistakes')} misclassified."))
+    return out
+
+
+def _epoch_blocks(f: RunFiles) -> list[Block]:
+    rows = _read_csv(f.metrics)
+    out: list[Block] = [H(2, "Epochs")]
+    if len(rows) < 2:
+        out.append(P("No epoch finished yet (`metrics.csv` is empty or missing)."))
+        return out
+    head, body = rows[0], rows[1:]
+    col = {name: i for i, name in enumerate(head)}
+
+    def cell(r: list[str], name: str, kind: str) -> str:
+        i = col.get(name)
+        v = r[i] if i is not None and i < len(r) else ""
+        if kind == "pct":
+            return pct(v)
+        if kind == "int":
+            return v
+        if kind == "s":
+            return "–" if num(v) != num(v) else f"{num(v):.1f}"
+        return g(v)
+
+    spec = [("epoch", "epoch", "int"), ("lr", "lr", "g"), ("train_loss", "train loss", "g"),
+            ("train_acc", "train acc", "pct"), ("val_loss", "val loss", "g"),
+            ("val_acc", "val acc", "pct"), ("test_loss", "test loss", "g"),
+            ("test_acc", "test acc", "pct"), ("seconds", "seconds", "s")]
+    spec = [s for s in spec if s[0] in col]
+    out.append(Table([s[1] for s in spec], [[cell(r, k, kind) for k, _, kind in spec]
+                                               for r in body]))
+    return out
+
+
+def _diagnose_cmd(run_dir: Path) -> str:
+    return f"`classlab diagnose {shlex.quote(str(run_dir))}`"
+
+
+def _missing(files: RunFiles, what: str) -> P:
+    return P(f"{what}: not made yet; run {_diagnose_cmd(files.root)} to make it.")
+
+
+def _curves(f: RunFiles) -> list[Block]:
+    out: list[Block] = [H(2, "Curves")]
+    if f.curves.is_file():
+        out.append(Img("Loss and accuracy per epoch (train/val/test) and the learning rate",
+                       f.curves))
+    else:
+        out.append(_missing(f, "The loss/accuracy/LR plot"))
+    return out
+
+
+def _per_class(f: RunFiles) -> list[Block]:
+    out: list[Block] = [H(2, "Per-class accuracy")]
+    rows = _read_csv(f.per_class_csv)
+    if len(rows) > 1:
+        out.append(Table(["class", "images", "correct", "accuracy"],
+                         [[r[1], r[2], r[3], pct(r[4])] for r in rows[1:] if len(r) >= 5]))
+    if f.per_class.is_file():
+        out.append(Img("Test accuracy per class", f.per_class))
+    elif len(rows) <= 1:
+        out.append(_missing(f, "The per-class accuracy"))
+    return out
+
+
+def _confusion(f: RunFiles) -> list[Block]:
+    out: list[Block] = [H(2, "Confusion matrix")]
+    if f.confusion.is_file():
+        out.append(P("Rows are the true class, columns the predicted class; the diagonal "
+                     "holds the correct predictions (test set)."))
+        out.append(Img("Confusion matrix of the test set", f.confusion))
+    else:
+        out.append(_missing(f, "The confusion matrix"))
+    out.append(H(3, "Most confused pairs"))
+    pairs = _read_csv(f.confused_pairs)
+    if len(pairs) > 1:
+        out.append(Table(["true class", "predicted as", "images"],
+                         [r[:3] for r in pairs[1:] if len(r) >= 3], "llr"))
+    elif f.confused_pairs.is_file():
+        out.append(P("No misclassified test images."))
+    else:
+        out.append(_missing(f, "The list of confused pairs"))
+    return out
+
+
+def _mistakes(f: RunFiles, diag: dict | None) -> list[Block]:
+    out: list[Block] = [H(2, "Misclassified images")]
+    if f.mistakes.is_file():
+        n = diag.get("shown") if diag else None
+        out.append(P(f"The {f'{n} ' if n is not None else ''}misclassified test images the "
+                     "model was most confident about (highest probability for the wrong "
+                     "class first), titled true → predicted (confidence)."))
+        out.append(Img("Most confident mistakes", f.mistakes))
+    else:
+        out.append(_missing(f, "The gallery of misclassified images"))
+    return out
+
+
+def _cams(f: RunFiles, diag: dict | None) -> list[Block]:
+    method = cam_name(diag.get("method", "gradcam") if diag else "gradcam")
+    out: list[Block] = [H(2, f"Class activation maps ({method})")]
+    if f.cam_mistakes.is_file():
+        target = diag.get("target", "pred") if diag else "pred"
+        layers = ", ".join(diag.get("layers", [])) if diag else ""
+        out.append(P(f"{method} of the same misclassified images at "
+                     f"{layers or 'several layers'}, for the "
+                     f"{'predicted' if target == 'pred' else 'true'} class: red marks the "
+                     "regions that raised that class's logit most. Each map is scaled to "
+                     "[0, 1] per image."))
+        out.append(Img("CAMs of the misclassified images per layer", f.cam_mistakes))
+    else:
+        out.append(_missing(f, "The Grad-CAM grid"))
+    if f.cam_pred_vs_true.is_file():
+        out.append(P("Where the model looked for the class it predicted versus the class it "
+                     "should have predicted (last layer of the grid)."))
+        out.append(Img("CAM for the predicted class versus the true class",
+                       f.cam_pred_vs_true))
+    return out
+
+
+def _diagnose_blocks(f: RunFiles, diag: dict | None) -> list[Block]:
+    made = (f.curves, f.per_class_csv, f.per_class, f.confusion, f.confused_pairs,
+            f.mistakes, f.cam_mistakes, f.cam_pred_vs_true)
+    if diag is None and not any(p.is_file() for p in made):
+        return [H(2, "Diagnostics"),
+                P("Curves, per-class accuracy, confusion matrix, misclassified images and "
+                  f"Grad-CAM maps are not made yet; run {_diagnose_cmd(f.root)} to make "
+                  "them (it also rebuilds this report).")]
+    return (_curves(f) + _per_class(f) + _confusion(f) + _mistakes(f, diag)
+            + _cams(f, diag))
+
+
+def _dynamics_blocks(run_dir: Path) -> list[Block]:
+    out: list[Block] = [H(2, "Weight updates")]
+    try:
+        section = report_section(run_dir)
+    except Exception as e:  # an optional section must not cost the whole report
+        out.append(P(f"The weight-update section could not be made: "
+                      f"{type(e).__name__}: {e}"))
+        return out
+    if not section:
+        out.append(P("No weight-update statistics in this run (`log.dynamics_every` was 0 "
+                      "or no step was logged)."))
+        return out
+    text, images = section
+    lines = text.strip().splitlines()
+    # Drop a heading that repeats ours.
+    if lines and re.fullmatch(r"#+\s*weight updates\s*#*", lines[0].strip(), re.I):
+        lines = lines[1:]
+    if "\n".join(lines).strip():
+        out.append(Md("\n".join(lines).strip()))
+    out += [Img(caption, Path(path) if Path(path).is_absolute() else run_dir / path)
+            for caption, path in images]
+    return out
+
+
+def _config_blocks(f: RunFiles) -> list[Block]:
+    out: list[Block] = [H(2, "Configuration")]
+    try:
+        text = f.config.read_text()
+    except OSError:
+        out.append(P("No `config.yaml` in the run folder."))
+        return out
+    out.append(P("The fully resolved config; `classlab train config.yaml` repeats the run."))
+    out.append(Code("config.yaml (resolved)", "yaml", text))
+    return out
+
+
+def blocks(run_dir: Path) -> list[Block]:
+    """The whole report of ``run_dir``, from whatever the run folder holds."""
+    f = RunFiles(run_dir)
+    summary = _read_json(f.summary) or {}
+    cfg = _read_yaml(f.config)
+    diag = _read_json(f.diagnose_json)
+    name = summary.get("name") or cfg.get("name") or run_dir.name
+    status = summary.get("status", "unknown")
+    head: list[Block] = [
+        H(1, f"Run report: {name}"),
+        P(f"**Status:** {status}" + (f" ({summary['error']})" if summary.get("error") else "")
+           + f" · **Run folder:** `{run_dir}` · generated "
+           + datetime.now().strftime("%Y-%m-%d %H:%M")),
+    ]
+    if diag is None:
+        head.append(P("Diagnostics (curves, per-class accuracy, confusion matrix, mistakes, "
+                       f"Grad-CAM) are missing: run {_diagnose_cmd(run_dir)} to make them."))
+    return (head + _summary_blocks(summary, cfg) + _results_blocks(summary, diag)
+            + _epoch_blocks(f) + _diagnose_blocks(f, diag) + _dynamics_blocks(run_dir)
+            + _config_blocks(f))

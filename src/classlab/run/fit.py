@@ -1,0 +1,202 @@
+"""The epoch loop of a run: train an epoch, evaluate, step the scheduler, then write the
+metrics row, the checkpoint and the summary (rank 0 only, under torchrun).
+
+Written so that a run killed anywhere resumes bit-identically: the metrics row goes first,
+then the checkpoint; a resume drops rows newer than the checkpoint and recomputes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from classlab.augment import augment, epoch_images
+from classlab.engine import (
+    DynamicsLogger,
+    EvalResult,
+    TrainingError,
+    epoch_generator,
+    evaluate,
+    train_one_epoch,
+)
+from classlab.optim import current_lr
+from classlab.run.session import Session, checkpoint_state, torch_threads
+from classlab.rundir import RunFiles, write_json
+from classlab.rundir.checkpoint import save_checkpoint, save_test_outputs
+from classlab.rundir.metrics import append_metrics, read_metrics
+from classlab.rundir.summary import environment, make_summary
+
+
+def _device_name(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = threads or torch.get_num_threads()  # train.threads, else torch's default
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} threads)"
+
+
+def update_best(best: dict, row: dict) -> dict:
+    """Best epoch chosen by validation accuracy only; its test accuracy is reported as is."""
+    key = "val_acc" if row["val_acc"] == row["val_acc"] else "train_acc"
+    # With train.eval_every > 1 some epochs have no validation score: an epoch scored by
+    # training accuracy never displaces one scored by validation accuracy, and the first
+    # validated epoch displaces any unvalidated one.
+    if (not best or (best["by"] == key and row[key] > best["score"])
+            or (best["by"] != key and key == "val_acc")):
+        return {"epoch": row["epoch"], "score": row[key], "by": key,
+                "val_acc": row["val_acc"], "test_acc": row["test_acc"]}
+    return best
+
+
+def session_summary(s: Session, run_dir: Path, status: str, best: dict, last: dict | None,
+                    wall: float, error: str | None = None) -> dict:
+    """summary.json of a built session (see :func:`classlab.rundir.summary.make_summary`)."""
+    facts = {
+        "device": _device_name(s.device, s.cfg.train.threads),
+        "precision": s.amp.precision,
+        "train_images": len(s.splits.train_x),
+        "val_images": len(s.splits.val_x),
+        "test_images": len(s.splits.test_x),
+        "classes": list(s.splits.classes),
+        "versions": environment(),
+    }
+    return make_summary(s.cfg, run_dir, status, error=error, params=s.params, best=best,
+                        last=last, wall=wall, facts=facts)
+
+
+def _print_epoch(row: dict, n: dict[str, int]) -> None:
+    def part(split: str) -> str:
+        if row[f"{split}_loss"] != row[f"{split}_loss"]:
+            return ""
+        return f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.2f}%  "
+    scored = f"{n['test']} test images, " if row["test_loss"] == row["test_loss"] else ""
+    print(f"Epoch {row['epoch']}: {part('train')}{part('val')}{part('test')}"
+          f"({scored}{row['seconds']:.1f}s)", flush=True)
+
+
+def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = None,
+        wall_before: float = 0.0, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train epochs ``start_epoch+1 .. cfg.train.epochs``, writing metrics and checkpoints
+    (rank 0 only, under torchrun), with ``train.threads`` CPU threads.
+
+    Returns the final summary. On a TrainingError the summary records it (status "failed")
+    and the error is re-raised; ``last.pt`` then still holds the last good epoch.
+    """
+    with torch_threads(s.cfg.train.threads):
+        return _fit(s, run_dir, start_epoch, best, wall_before, on_epoch)
+
+
+def _fit(s: Session, run_dir: Path, start_epoch: int, best: dict | None, wall_before: float,
+         on_epoch: Callable[[dict], None] | None) -> dict:
+    cfg, best, main, files = s.cfg, dict(best or {}), s.dist.main, RunFiles(run_dir)
+    t0 = time.time() - wall_before
+    dyn = (DynamicsLogger(s.model, files.dynamics, cfg.log.dynamics_every)
+           if cfg.log.dynamics_every > 0 and main else None)
+    last, saved = None, start_epoch  # saved: the epoch last.pt holds
+    try:
+        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+            row, test_eval = train_and_evaluate(s, epoch, dyn)
+            # Only train/val metrics reach the scheduler: the test set drives no decision.
+            s.stepper.after_epoch({k: row[k] for k in ("train_loss", "val_loss", "val_acc")})
+            best, last = update_best(best, row), row
+            if main:
+                _record_epoch(s, files, row, best, dyn, test_eval, time.time() - t0)
+                saved = epoch
+            if on_epoch is not None:
+                on_epoch(row)
+    except TrainingError as e:
+        if main:
+            _record_failure(s, files, best, saved, time.time() - t0, str(e))
+        raise
+    finally:
+        if dyn is not None:
+            dyn.close()
+    if last is None:  # resumed a finished run
+        rows = read_metrics(files.metrics)
+        last = rows[-1] if rows else None
+    summary = session_summary(s, run_dir, "finished", best, last, time.time() - t0)
+    if main:
+        write_json(files.summary, summary)
+    return summary
+
+
+def _record_failure(s: Session, files: RunFiles, best: dict, saved: int, wall: float,
+                    error: str) -> None:
+    rows = [r for r in read_metrics(files.metrics) if r["epoch"] <= saved]
+    with contextlib.suppress(OSError):  # best effort: the disk may be the problem
+        write_json(files.summary, session_summary(s, files.root, "failed", best,
+                                                  rows[-1] if rows else None, wall, error))
+
+
+def _epoch_batches(s: Session, epoch: int):
+    """The training images as the epoch sees them, and the per-batch augmentation."""
+    cfg = s.cfg
+    aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
+    x_train, y_train = s.data["train"]
+    if cfg.aug.backend == "batched":  # the albumentations workers read the stored images
+        x_train = epoch_images(x_train, epoch, cfg.train.seed, cfg.aug)
+    return x_train, y_train, aug
+
+
+def _evaluate_epoch(s: Session, epoch: int) -> dict[str, EvalResult]:
+    """Val and test after ``epoch`` when it is scored (train.eval_every, always the last);
+    NaN results otherwise (empty cells in metrics.csv). After the last epoch the test
+    evaluation keeps its per-image outputs, for diagnose to reuse."""
+    cfg = s.cfg
+    final = epoch == cfg.train.epochs
+    every = cfg.train.eval_every
+    if not (final or (every > 0 and epoch % every == 0)):
+        return {k: EvalResult(float("nan"), float("nan"), 0) for k in ("val", "test")}
+    return {k: evaluate(s.eval_model, *s.data[k], normalize=s.normalize,
+                        batch_size=cfg.train.eval_batch_size, amp=s.amp, tta=cfg.train.tta,
+                        dist=s.dist, keep_outputs=final and s.dist.world == 1 and k == "test")
+            for k in ("val", "test")}
+
+
+def train_and_evaluate(s: Session, epoch: int,
+                       dyn: DynamicsLogger | None) -> tuple[dict, EvalResult]:
+    """One epoch of training, then val and test evaluation: the epoch's metrics row, and the
+    test evaluation."""
+    cfg, te = s.cfg, time.time()
+    lr = current_lr(s.optimizer)
+    x_train, y_train, aug = _epoch_batches(s, epoch)
+    tr = train_one_epoch(
+        s.net, x_train, y_train, optimizer=s.optimizer, stepper=s.stepper,
+        normalize=s.normalize, augment_fn=aug,
+        gen=epoch_generator(cfg.train.seed, epoch, s.device),
+        batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
+        global_step=(epoch - 1) * s.steps_per_epoch,
+        label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
+        dynamics=dyn, ema=s.ema, dist=s.dist, progress=cfg.train.progress and s.dist.main,
+        batch_source=s.batch_source)
+    ev = _evaluate_epoch(s, epoch)
+    return {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
+            "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,
+            "test_loss": ev["test"].loss, "test_acc": ev["test"].acc,
+            "seconds": time.time() - te}, ev["test"]
+
+
+def _record_epoch(s: Session, files: RunFiles, row: dict, best: dict,
+                  dyn: DynamicsLogger | None, test_eval: EvalResult, wall: float) -> None:
+    """The metrics row first, then the checkpoint. A crash in between leaves a row newer than
+    the checkpoint; resume drops it and recomputes that epoch (identically), so no row is ever
+    lost or duplicated. A failed write (disk full, quota, folder gone) is one line."""
+    epoch = row["epoch"]
+    try:
+        if dyn is not None:
+            dyn.flush()
+        append_metrics(files.metrics, row)
+        save_checkpoint(files.checkpoint, checkpoint_state(s, epoch, best))
+        _print_epoch(row, {k: len(v[0]) for k, v in s.data.items()})
+        write_json(files.summary, session_summary(s, files.root, "running", best, row, wall))
+        if test_eval.preds is not None:
+            save_test_outputs(files.test_outputs, epoch, test_eval.probs, test_eval.losses)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise TrainingError(f"cannot write epoch {epoch} into {files.root}: "
+                            f"{e.strerror or e}{where}; last.pt keeps the last epoch fully "
+                            "written") from None

@@ -1,0 +1,110 @@
+"""The one run flow, called by ``classlab train``, ``classlab.train(...)`` and each grid
+point: check, open the run folder (new, or continue one), announce, fit, diagnose, report.
+
+    result = train_run(cfg, out=Path("runs"))          # a new run
+    result = train_run(run_dir=Path("runs/x-2025..."))  # continue it (or start a prepared one)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from classlab import config
+from classlab.config import Config
+from classlab.run.checks import check_environment
+from classlab.run.fit import fit
+from classlab.run.folder import resume_run, start_run
+from classlab.run.session import Session, torch_threads
+from classlab.run.tensorboard import epoch_logger
+from classlab.rundir import RunDirError, RunFiles
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    session: Session  # its model holds the final weights (diagnose, evaluate reuse it)
+    summary: dict  # what summary.json says at the end
+
+
+def train_run(cfg: Config | None = None, *, out: Path = Path("runs"),
+              run_dir: Path | None = None, data_root: Path | None = None,
+              diagnose_errors: str = "raise") -> RunResult:
+    """Train one run and, when ``diagnose.enabled``, diagnose it and write its report.
+
+    ``cfg`` starts a new run folder under ``out``; ``run_dir`` instead continues an existing
+    one from its config.yaml and last.pt (a prepared folder without a checkpoint starts from
+    scratch). ``diagnose_errors="warn"`` prints a failed diagnosis instead of raising it (a
+    grid point whose training finished is not failed by its report)."""
+    if (cfg is None) == (run_dir is None):
+        raise ValueError("train_run takes a config or a run folder, not both")
+    if run_dir is not None:
+        cfg = _config_of(run_dir)
+    check_environment(cfg)  # before the run folder exists
+    with torch_threads(cfg.train.threads):
+        if run_dir is None:
+            s, run_dir = start_run(cfg, Path(out), data_root)
+            epoch, best, wall = 0, {}, 0.0
+        else:
+            s, epoch, best, wall = resume_run(run_dir, data_root)
+        if s.dist.main:
+            _announce(s, run_dir, epoch)
+        with epoch_logger(s.cfg, run_dir, start_epoch=epoch,
+                                      main=s.dist.main) as on_epoch:
+            summary = fit(s, run_dir, epoch, best, wall, on_epoch=on_epoch)
+        if s.dist.main:
+            _print_final(summary)
+            if s.cfg.diagnose.enabled:
+                _diagnose_and_report(run_dir, s, diagnose_errors)
+    return RunResult(Path(run_dir), s, summary)
+
+
+def _config_of(run_dir: Path) -> Config:
+    files = RunFiles(run_dir)
+    if not files.config.is_file():
+        raise RunDirError(f"{run_dir}: not a run folder (no config.yaml)")
+    return config.load(files.config)
+
+
+def _announce(s: Session, run_dir: Path, epoch: int) -> None:
+    if epoch:
+        print(f"Resuming {run_dir} after epoch {epoch}", flush=True)
+    print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
+          f"{s.params:,} params, device {s.device}, precision {s.amp.precision}"
+          + (f", {s.dist.world} processes" if s.dist.world > 1 else ""), flush=True)
+
+
+def _print_final(summary: dict) -> None:
+    f, b = summary["final"], summary["best_by_val"]
+    if not f:
+        return
+    parts = [f"{k} acc {f[f'{k}_acc']:.2f}%" for k in ("train", "val", "test")
+             if f[f"{k}_acc"] == f[f"{k}_acc"]]  # no NaN: a split that is absent / unscored
+    best = ""
+    if b and b.get("by") == "val_acc":  # without a validation split no epoch is "best"
+        best = f"  (best by val: epoch {b['epoch']}, test acc {b['test_acc']:.2f}%)"
+    print(f"Final: {', '.join(parts)}{best}", flush=True)
+
+
+def diagnose_and_report(run_dir: Path, **kw) -> tuple[Path, Path]:
+    """Diagnose a run (see :func:`classlab.run.diagnosis.diagnose_run` for ``kw``), then
+    build its report; prints where the report is."""
+    from classlab.report import build_report
+    from classlab.run.diagnosis import diagnose_run
+
+    diagnose_run(run_dir, **kw)
+    md, html = build_report(run_dir)
+    print(f"Report: {md} and {html}", flush=True)
+    return md, html
+
+
+def _diagnose_and_report(run_dir: Path, s: Session, errors: str) -> None:
+    try:
+        diagnose_and_report(run_dir, session=s)
+    except Exception as e:
+        if errors == "raise":
+            raise
+        text = str(e).strip().splitlines()
+        print(f"{run_dir}: diagnose skipped: {type(e).__name__}: {text[0] if text else ''}",
+              file=sys.stderr, flush=True)

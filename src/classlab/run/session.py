@@ -1,0 +1,200 @@
+"""The session: everything one run needs in memory (data on the device, model, optimizer,
+scheduler, precision, EMA, Lookahead), built once from a Config, and its checkpoint state.
+
+Building a session writes nothing, and every check that can fail happens while building, so
+a bad config, missing data or a missing package stop before a run folder exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from classlab import config
+from classlab.config import Config
+from classlab.data import Splits, load_splits
+from classlab.engine import (
+    Amp,
+    Dist,
+    Ema,
+    Normalizer,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    steps_per_epoch,
+)
+from classlab.engine.epoch import BatchSource
+from classlab.models import build_model, count_params
+from classlab.optim import Lookahead, Stepper, build_optimizer, build_scheduler
+from classlab.rundir import RunFiles
+from classlab.rundir.checkpoint import load_checkpoint
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the body with ``n`` torch CPU threads (0: leave torch's setting), and put the
+    previous number back afterwards: ``train.threads`` of one run must not change the
+    process for whatever runs next (a notebook's next cell, the next test)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@dataclass
+class Session:
+    """Everything a run needs, built once from a Config (see :func:`build_session`)."""
+
+    cfg: Config
+    device: torch.device
+    splits: Splits
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    stepper: Stepper
+    amp: Amp
+    normalize: Normalizer
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (x uint8, y) on device
+    params: int
+    steps_per_epoch: int
+    ema: Ema | None = None
+    net: nn.Module | None = None  # what the training step calls: DDP / compiled wrapper
+    dist: Dist = field(default_factory=Dist)
+    batch_source: BatchSource | None = None  # aug.backend=albumentations (augment.albu)
+    lookahead: Lookahead | None = None  # optim.lookahead_every > 0; a post-step hook
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and reported: the EMA when it is on."""
+        return self.ema.model if self.ema is not None else self.model
+
+
+def build_session(cfg: Config, data_root: Path | None = None,
+                  splits: Splits | None = None) -> Session:
+    """Load data, build model/optimizer/scheduler on the chosen device (no files written).
+
+    Under torchrun, joins the process group first; every rank builds the same session.
+    Runs with ``train.threads`` CPU threads (as :func:`classlab.run.fit.fit` does), and
+    leaves the process's setting as it found it."""
+    with torch_threads(cfg.train.threads):
+        return _build(cfg, data_root, splits)
+
+
+def _build(cfg: Config, data_root: Path | None, splits: Splits | None) -> Session:
+    dist, rank_device = init_distributed(cfg.train.device)
+    device = rank_device or resolve_device(cfg.train.device)
+    splits = splits if splits is not None else load_splits(cfg.data, data_root)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, num_classes=len(splits.classes)).to(device)
+    normalize = Normalizer(splits.mean, splits.std, device, cfg.train.channels_last)
+    if hasattr(model, "init_from_data"):
+        # Data-dependent initialisation (e.g. a whitening first layer) sees training images
+        # only: the first 5,000 of the (already shuffled-by-split) train set, normalised.
+        model.init_from_data(normalize(splits.train_x[:5000].to(device)))
+    params = count_params(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    steps = steps_per_epoch(len(splits.train_x), cfg.train.batch_size)
+    stepper = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps)
+    amp = Amp(device.type, resolve_precision(cfg.train.precision, device))
+    data = {
+        "train": (splits.train_x.to(device), splits.train_y.to(device)),
+        "val": (splits.val_x.to(device), splits.val_y.to(device)),
+        "test": (splits.test_x.to(device), splits.test_y.to(device)),
+    }
+    ema = Ema(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    lookahead = None
+    if cfg.optim.lookahead_every > 0:
+        lookahead = Lookahead(model, cfg.optim.lookahead_every, cfg.optim.lookahead_decay,
+                              total=cfg.train.epochs * steps)
+        lookahead.attach(optimizer)
+    net = _wrap(model, cfg, dist, device)
+    source = None
+    if cfg.aug.backend == "albumentations":  # per image, in DataLoader workers
+        from classlab.augment.albu import AlbuBatches
+
+        source = AlbuBatches(splits.train_x, cfg.aug.albumentations, splits.mean,
+                             workers=cfg.aug.workers, rank=dist.rank,
+                             pin_memory=device.type == "cuda")
+    return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, data,
+                   params, steps, ema, net, dist, batch_source=source, lookahead=lookahead)
+
+
+def _wrap(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn.Module:
+    """The module the training step calls: DDP across ranks, torch.compile on request.
+
+    The optimizer, checkpoints and evaluation keep using the plain ``model`` (the same
+    parameters), so state dicts never carry a ``module.`` prefix."""
+    net = model
+    if dist.world > 1:
+        if cfg.train.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    return net
+
+
+def checkpoint_state(s: Session, epoch: int, best: dict) -> dict:
+    return {
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.stepper.state_dict(),
+        "scaler": s.amp.scaler.state_dict(),
+        "ema": s.ema.model.state_dict() if s.ema is not None else None,
+        "lookahead": s.lookahead.state_dict() if s.lookahead is not None else None,
+        "epoch": epoch,
+        "best": best,
+        "rng": rng_state(),
+        "config": config.to_dict(s.cfg),
+        "classes": list(s.splits.classes),
+        "mean": list(s.splits.mean),
+        "std": list(s.splits.std),
+        "params": s.params,
+    }
+
+
+def restore(s: Session, state: dict) -> tuple[int, dict]:
+    """Load a checkpoint into the session; returns (last finished epoch, best-so-far)."""
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.stepper.load_state_dict(state["scheduler"])
+    s.amp.scaler.load_state_dict(state["scaler"])
+    if s.ema is not None:
+        s.ema.model.load_state_dict(state["ema"])
+    if s.lookahead is not None:
+        s.lookahead.load_state_dict(state["lookahead"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]), dict(state["best"])
+
+
+def session_from_run(run_dir: Path, data_root: Path | None = None,
+                     device: str | None = None) -> tuple[Session, dict]:
+    """A session whose model holds ``run_dir/last.pt`` (for eval and diagnose)."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(RunFiles(run_dir).checkpoint)
+    cfg = config.from_dict(state["config"])
+    if device is not None:
+        cfg.train.device = device
+    s = build_session(cfg, data_root)
+    # The reported metrics came from the EMA weights when EMA was on: evaluate those.
+    s.model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    s.ema = None
+    return s, state

@@ -1,0 +1,81 @@
+"""Checkpoints: written atomically, loaded only as tensors and plain containers.
+
+``last.pt`` holds everything a resume needs (see :func:`classlab.run.session.checkpoint_state`);
+``test_outputs.pt`` the per-image test outputs of the checkpoint's epoch, so that diagnose
+does not run the whole test set through the model a second time.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from classlab.rundir.files import atomic_write_bytes
+
+
+class CheckpointError(RuntimeError):
+    """A missing, truncated or corrupted checkpoint (one-line message)."""
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Serialise to memory first, then write atomically: a failed write leaves the old file."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """``torch.load(weights_only=True)``; any failure becomes one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint there")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle/zip errors have many types; all mean "unreadable"
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and blocked:
+            raise CheckpointError(
+                f"{path}: refusing to load a checkpoint holding a Python object "
+                f"({blocked.group(1)}); only tensors and plain containers are loaded "
+                "(weights_only=True)") from None
+        kind = type(e).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupted: {kind})") \
+            from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: not a classlab checkpoint (no 'model' entry)")
+    # Every reader (resume, eval, diagnose) needs these; a wrong type would otherwise surface
+    # later as a KeyError/TypeError traceback instead of one line.
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path}: not a classlab checkpoint ('model' is not a state dict)")
+    for key, tp in (("epoch", int), ("config", dict)):
+        if not isinstance(state.get(key), tp):
+            raise CheckpointError(f"{path}: not a classlab checkpoint (no valid {key!r} entry)")
+    return state
+
+
+def save_test_outputs(path: Path, epoch: int, probs: torch.Tensor,
+                      losses: torch.Tensor) -> None:
+    """Per-image test outputs of the checkpoint of ``epoch``: probs [N,K] float32 softmax,
+    losses [N] per-image cross-entropy."""
+    save_checkpoint(path, {"epoch": epoch, "probs": probs, "losses": losses})
+
+
+def load_test_outputs(path: Path, epoch: int | None,
+                      n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(probs [N,K], losses [N]) when they belong to checkpoint ``epoch`` and ``n`` images,
+    else None (absent, damaged, stale: recomputed by the caller, never trusted)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        probs, losses = state.get("probs"), state.get("losses")
+    except Exception:  # a damaged cache is recomputed, never trusted
+        return None
+    if state.get("epoch") != epoch or probs is None or losses is None or len(probs) != n:
+        return None
+    return probs, losses

@@ -1,0 +1,143 @@
+"""Atomic files (text, JSON, PNG figures), run-folder creation and the source commit."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+class RunDirError(RuntimeError):
+    """A run folder that cannot be created or is not a run folder (one-line message)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Temporary file in the same folder, flush + fsync, then rename (atomic on POSIX). If any
+    step fails (disk full, permissions) the temporary file is removed and ``path`` is intact.
+    """
+    path = Path(path)
+    try:  # keep the mode of the file being replaced; a new file gets what open() would give
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _chmod_fd(f.fileno(), mode)  # mkstemp makes 0600 files: others could not read them
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def _chmod_fd(fd: int, mode: int) -> None:
+    try:
+        os.fchmod(fd, mode)
+    except OSError:  # filesystems without POSIX modes: keep whatever mkstemp gave
+        pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable; not supported on every filesystem, hence best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """A matplotlib Figure as a PNG, written atomically (the one way figures are saved).
+
+    Figures are made with ``matplotlib.figure.Figure`` (never pyplot), so there is no
+    global figure to close and no backend to choose."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def make_run_dir(out: Path, name: str) -> Path:
+    """Create ``out/<name>-<YYYYmmdd-HHMMSS>`` exclusively; a clash gets ``-2``, ``-3``...
+
+    ``mkdir`` without ``exist_ok`` is atomic, so two processes started in the same second
+    with the same name never share a folder.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create output folder {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise RunDirError(f"output folder {out} is not writable")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        candidate = out / (f"{name}-{stamp}" + (f"-{i}" if i > 1 else ""))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunDirError(f"cannot create run folder in {out}: {e.strerror or e}") from None
+    raise RunDirError(f"too many runs named {name!r} in {out} this second")
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The commit of the source tree classlab runs from (or of cwd), if it is a git checkout."""
+    here = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")

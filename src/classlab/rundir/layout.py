@@ -1,0 +1,76 @@
+"""Every file name of a run folder and of a grid folder, defined once.
+
+Writers and readers alike (training, diagnose, report, grid, the notebook API) reach a file
+through :class:`RunFiles` / :class:`GridFiles`, never through a string of their own::
+
+    runs/<name>-<YYYYmmdd-HHMMSS>/
+        config.yaml  metrics.csv  dynamics.csv  summary.json  last.pt  test_outputs.pt
+        predictions.csv  report.md  report.html  train.log  tensorboard/
+        diagnose/  curves.png mistakes.png per_class.{csv,png} confusion.{csv,png}
+                   confused_pairs.csv cam_mistakes.png cam_pred_vs_true.png
+                   dyn_update_ratio.png dyn_grad_norms.png dyn_lr.png diagnose.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# metrics.csv: one row per epoch (losses are mean per image, accuracies in %, seconds wall)
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+                 "test_acc", "seconds"]
+# dynamics.csv: long format, one value per row (layer is "" for lr / momentum rows)
+DYNAMICS_FIELDS = ["step", "epoch", "layer", "metric", "value"]
+# predictions.csv: one row per test image
+PREDICTION_FIELDS = ["index", "true", "pred", "confidence", "loss", "true_name", "pred_name"]
+
+
+class RunFiles:
+    """The paths of one run folder's files (nothing is created or read here)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        r = self.root
+        self.config = r / "config.yaml"  # the resolved config
+        self.metrics = r / "metrics.csv"  # METRIC_FIELDS, a row per epoch
+        self.dynamics = r / "dynamics.csv"  # DYNAMICS_FIELDS
+        self.summary = r / "summary.json"  # status, final and best accuracies, versions
+        self.checkpoint = r / "last.pt"  # model, optimizer, scheduler, RNG, epoch, config
+        self.test_outputs = r / "test_outputs.pt"  # per-image test probs/losses, last epoch
+        self.predictions = r / "predictions.csv"  # PREDICTION_FIELDS
+        self.report_md = r / "report.md"
+        self.report_html = r / "report.html"  # self-contained
+        self.train_log = r / "train.log"  # a grid point's output, when run in a child
+        self.tensorboard = r / "tensorboard"  # event files (log.tensorboard)
+        d = self.diagnose = r / "diagnose"
+        self.diagnose_json = d / "diagnose.json"
+        self.curves = d / "curves.png"
+        self.mistakes = d / "mistakes.png"
+        self.per_class_csv = d / "per_class.csv"
+        self.per_class = d / "per_class.png"
+        self.confusion_csv = d / "confusion.csv"
+        self.confusion = d / "confusion.png"
+        self.confused_pairs = d / "confused_pairs.csv"
+        self.cam_mistakes = d / "cam_mistakes.png"
+        self.cam_pred_vs_true = d / "cam_pred_vs_true.png"
+        self.dyn_update_ratio = d / "dyn_update_ratio.png"
+        self.dyn_grad_norms = d / "dyn_grad_norms.png"
+        self.dyn_lr = d / "dyn_lr.png"
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the run folder, as the report and diagnose.json link it."""
+        return Path(path).relative_to(self.root).as_posix()
+
+
+class GridFiles:
+    """The paths of a grid folder's own files; each point is a run folder inside it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.grid = self.root / "grid.yaml"  # the resolved grid and its points
+        self.results_md = self.root / "results.md"
+        self.results_csv = self.root / "results.csv"
+        self.test_acc = self.root / "test_acc.png"  # every point's test accuracy per epoch
+        self.dynamics = self.root / "dynamics.png"  # weight-update overlay of the points
+
+    def point(self, name: str) -> RunFiles:
+        return RunFiles(self.root / name)

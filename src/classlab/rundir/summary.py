@@ -1,0 +1,74 @@
+"""summary.json: what a run is and how far it got, in one schema for every writer.
+
+Written at the start of a run ("running"), after every epoch, at the end ("finished") and
+when a run fails ("failed" plus a one-line ``error``); read by ``classlab table``, the
+report and the notebook API. A killed run still says "running", so only
+:func:`is_finished` (status *and* all epochs done) means finished.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from classlab.config import Config
+from classlab.rundir.files import git_commit, read_json
+from classlab.rundir.layout import METRIC_FIELDS
+
+FINAL_FIELDS = METRIC_FIELDS[2:8]  # train/val/test loss and accuracy of the last epoch
+
+
+def environment() -> dict:
+    import numpy as np
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "commit": git_commit(),
+    }
+
+
+def make_summary(cfg: Config, run_dir: Path, status: str, *, error: str | None = None,
+                 params: int | None = None, best: dict | None = None,
+                 last: dict | None = None, wall: float | None = None,
+                 facts: dict[str, Any] | None = None) -> dict:
+    """The summary of a run of ``cfg``. ``last``: its last finished metrics row; ``best``:
+    the best-by-validation record; ``facts``: what only a built run knows (device,
+    precision, image counts, classes, versions), absent for a run that never started."""
+    return {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "status": status,
+        "error": error,
+        "model": cfg.model.name,
+        "norm": cfg.model.norm,
+        "optimizer": cfg.optim.name,
+        "scheduler": cfg.sched.name,
+        "params": params,
+        "epochs": cfg.train.epochs,
+        "epochs_done": last["epoch"] if last else 0,
+        "final": {k: last[k] for k in FINAL_FIELDS} if last else None,
+        "best_by_val": best or None,
+        "wall_seconds": None if wall is None else round(wall, 2),
+        "seconds_per_epoch": round(wall / last["epoch"], 2) if last and wall is not None else None,
+        **(facts or {}),
+    }
+
+
+def read_summary(path: Path) -> dict | None:
+    """summary.json as a dict; None when absent (not started) or unreadable."""
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def is_finished(summary: dict | None) -> bool:
+    """Finished means all epochs done; a killed run still says "running", so it never is."""
+    return bool(summary) and summary.get("status") == "finished" \
+        and summary.get("epochs_done") == summary.get("epochs")

@@ -1,0 +1,214 @@
+"""The package's shape: imports point one way (no cycle, function-level imports included;
+each layer imports only layers below it), config imports nothing else of classlab, every
+registered name has exactly one implementation, and no module shadows the standard
+library."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "classlab"
+
+# Top to bottom; a module may import modules of its own layer's package or of lower layers.
+LAYERS = [
+    {"__main__"},
+    {"cli"},
+    {"api"},
+    {"grid", "tools"},
+    {"run"},
+    {"report", "diagnose"},
+    {"engine"},
+    {"data", "models", "optim", "augment"},
+    {"rundir", "stats"},
+    {"config"},
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every classlab module ``path`` imports, anywhere in the file (functions included).
+    ``from a.b import c`` counts as importing a.b.c when that is a module, else a.b."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("classlab")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.startswith("classlab"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                found.add(sub if sub in MODULES else node.module)
+    return found
+
+
+MODULES = {_module_name(p): p for p in PKG.rglob("*.py")}
+GRAPH = {name: _imports(path) & set(MODULES) for name, path in MODULES.items()}
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _package_of(module: str) -> str:
+    path = MODULES[module]
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def test_every_module_is_placed_in_a_layer():
+    tops = {_top(m) for m in MODULES} - {"__init__"}
+    assert tops <= set(RANK), f"not in LAYERS: {sorted(tops - set(RANK))}"
+
+
+def test_no_import_cycle_function_level_imports_included():
+    # A package's __init__ importing its own submodules is how packages re-export; a
+    # submodule importing its package's __init__ would close a cycle, so it counts.
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for dep in sorted(GRAPH[m]):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_the_layers(module):
+    top = _top(module)
+    if top == "__init__":  # the package root re-exports the notebook API only
+        assert GRAPH[module] <= {"classlab.api"}
+        return
+    for dep in GRAPH[module]:
+        dep_top = _top(dep)
+        same_package = dep_top == top
+        assert same_package or RANK[dep_top] > RANK[top], \
+            f"{module} imports {dep}: {top} may only import layers below it"
+
+
+def test_config_imports_nothing_else_of_classlab_nor_torch():
+    for module, deps in GRAPH.items():
+        if _top(module) == "config":
+            assert {_top(d) for d in deps} <= {"config"}, (module, deps)
+            text = MODULES[module].read_text()
+            assert "import torch" not in text and "from torch" not in text, module
+
+
+def test_no_module_shadows_the_standard_library():
+    # a module named like a stdlib one (the old classlab/_io.py shadowed CPython's _io)
+    # confuses readers and tools; names inside packages are fine only when not stdlib names
+    names = {p.stem for p in PKG.rglob("*.py")} | {p.name for p in PKG.rglob("*") if p.is_dir()}
+    clash = sorted(n for n in names if n in sys.stdlib_module_names and n != "__main__")
+    assert not clash, f"modules named like the standard library: {clash}"
+
+
+def test_no_private_top_level_modules():
+    assert not [p.name for p in PKG.glob("_*.py") if p.name not in ("__init__.py",
+                                                                  "__main__.py")]
+
+
+# --------------------------------------------------------------------------- registries
+# config holds the vocabulary; each implementing module registers one builder per name.
+
+
+def _registries():
+    from classlab.augment import AUGMENTATIONS
+    from classlab.config import schema
+    from classlab.data import DATASETS
+    from classlab.diagnose import CAMS
+    from classlab.models import MODELS, NORMS
+    from classlab.optim import OPTIMIZERS, SCHEDULERS
+
+    return [("datasets", schema.DATASETS, DATASETS), ("models", schema.MODELS, MODELS),
+            ("norms", schema.NORMS, NORMS), ("optimizers", schema.OPTIMIZERS, OPTIMIZERS),
+            ("schedulers", schema.SCHEDULERS, SCHEDULERS),
+            ("augmentations", schema.AUGMENTATIONS, AUGMENTATIONS),
+            ("cams", schema.CAMS, CAMS)]
+
+
+def test_every_config_name_has_exactly_one_implementation():
+    for what, names, registry in _registries():
+        assert set(names) == set(registry), (what, sorted(names), sorted(registry))
+        assert list(names) == sorted(names), f"{what}: keep the vocabulary sorted"
+
+
+def test_every_model_builds_with_every_norm():
+    import torch
+
+    from classlab.config import ModelConfig
+    from classlab.config.schema import MODELS, NORMS
+    from classlab.models import build_model
+
+    x = torch.randn(2, 3, 32, 32)
+    for name in MODELS:
+        for norm in NORMS:
+            model = build_model(ModelConfig(name=name, norm=norm, width=8, gn_groups=2), 10)
+            assert model(x).shape == (2, 10), (name, norm)
+
+
+def test_every_optimizer_and_scheduler_builds_and_steps():
+    import torch
+
+    from classlab.config import OptimConfig, SchedConfig
+    from classlab.config.schema import OPTIMIZERS, SCHEDULERS
+    from classlab.optim import build_optimizer, build_scheduler
+
+    for opt_name in OPTIMIZERS:
+        for sched_name in SCHEDULERS:
+            model = torch.nn.Linear(3, 2)
+            opt = build_optimizer(model, OptimConfig(name=opt_name))
+            stepper = build_scheduler(opt, SchedConfig(name=sched_name), epochs=2,
+                                      steps_per_epoch=3)
+            model(torch.ones(1, 3)).sum().backward()
+            opt.step()
+            stepper.after_batch()
+            stepper.after_epoch({"train_loss": 1.0, "val_loss": 1.0, "val_acc": 50.0})
+
+
+def test_every_augmentation_and_cam_method_runs():
+    import torch
+
+    from classlab.augment import AUGMENTATIONS, make_generator
+    from classlab.config import AugConfig, ModelConfig
+    from classlab.diagnose import CAMS, compute_cams
+    from classlab.models import build_model
+
+    x = torch.randn(4, 3, 32, 32)
+    for name, fn in AUGMENTATIONS.items():
+        out = fn(x, make_generator(0, "cpu"), AugConfig())
+        assert out.shape == x.shape, name
+    model = build_model(ModelConfig(width=4), 10)
+    for method in CAMS:
+        maps = compute_cams(model, x, ["layer2"], method)
+        assert maps["layer2"].shape == (4, 32, 32), method
+
+
+def test_unknown_norm_is_an_error_not_a_silent_groupnorm():
+    # Before: an if-chain turned any name other than bn/ln into GroupNorm.
+    from classlab.config import ModelConfig
+    from classlab.models import norm_layer
+
+    with pytest.raises(KeyError, match="model.norm: unknown value 'instance'; allowed: bn"):
+        norm_layer(ModelConfig(norm="instance"))  # the dataclass itself does not validate
