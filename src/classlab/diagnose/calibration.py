@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from classlab.rundir import save_figure
+
 __all__ = [
     "apply_temperature",
     "calibration_summary",
@@ -403,7 +405,7 @@ def calibration_summary(test_probs: torch.Tensor, test_labels: torch.Tensor,
 def _save(fig: Figure, out: Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
 
 
 def _as_arrays(bins: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

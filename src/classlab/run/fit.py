@@ -194,7 +194,8 @@ def _record_epoch(s: Session, files: RunFiles, row: dict, best: dict,
         _print_epoch(row, {k: len(v[0]) for k, v in s.data.items()})
         write_json(files.summary, session_summary(s, files.root, "running", best, row, wall))
         if test_eval.preds is not None:
-            save_test_outputs(files.test_outputs, epoch, test_eval.probs, test_eval.losses)
+            save_test_outputs(files.test_outputs, epoch, test_eval.probs, test_eval.losses,
+                              s.data["test"][1].cpu())
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise TrainingError(f"cannot write epoch {epoch} into {files.root}: "

@@ -57,25 +57,36 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def save_test_outputs(path: Path, epoch: int, probs: torch.Tensor,
-                      losses: torch.Tensor) -> None:
+def save_test_outputs(path: Path, epoch: int, probs: torch.Tensor, losses: torch.Tensor,
+                      labels: torch.Tensor) -> None:
     """Per-image test outputs of the checkpoint of ``epoch``: probs [N,K] float32 softmax,
-    losses [N] per-image cross-entropy."""
-    save_checkpoint(path, {"epoch": epoch, "probs": probs, "losses": losses})
+    losses [N] per-image cross-entropy, labels [N] int64 (the test set they were scored on,
+    so that two runs' outputs can be paired image by image)."""
+    save_checkpoint(path, {"epoch": epoch, "probs": probs, "losses": losses,
+                           "labels": labels})
+
+
+def read_test_outputs(path: Path) -> dict | None:
+    """``{"epoch", "probs", "losses", "labels"}`` of a test_outputs.pt, None when it is
+    absent or damaged (labels may be None in files written before they were stored)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged cache is recomputed, never trusted
+        return None
+    if not isinstance(state, dict) or state.get("probs") is None or state.get("losses") is None:
+        return None
+    return {"epoch": state.get("epoch"), "probs": state["probs"], "losses": state["losses"],
+            "labels": state.get("labels")}
 
 
 def load_test_outputs(path: Path, epoch: int | None,
                       n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(probs [N,K], losses [N]) when they belong to checkpoint ``epoch`` and ``n`` images,
     else None (absent, damaged, stale: recomputed by the caller, never trusted)."""
-    path = Path(path)
-    if not path.is_file():
+    state = read_test_outputs(path)
+    if state is None or state["epoch"] != epoch or len(state["probs"]) != n:
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        probs, losses = state.get("probs"), state.get("losses")
-    except Exception:  # a damaged cache is recomputed, never trusted
-        return None
-    if state.get("epoch") != epoch or probs is None or losses is None or len(probs) != n:
-        return None
-    return probs, losses
+    return state["probs"], state["losses"]
