@@ -19,6 +19,7 @@ LAYERS = [
     {"cli"},
     {"api"},
     {"grid", "tools"},
+    {"compare"},
     {"run"},
     {"report", "diagnose"},
     {"engine"},

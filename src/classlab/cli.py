@@ -1,5 +1,5 @@
-"""Command line: ``classlab train | eval | diagnose | report | grid | table | schedule | lr-find
-| config``.
+"""Command line: ``classlab train | eval | diagnose | report | grid | table | compare | schedule
+| lr-find | config``.
 
 Every user-facing failure (bad config, missing data, bad run folder, corrupt checkpoint) ends
 as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed.
@@ -68,6 +68,15 @@ def _add_grid_commands(sub) -> None:
 
     p = sub.add_parser("table", help="tabulate the finished runs of a grid folder")
     p.add_argument("grid_dir", type=Path)
+
+    p = sub.add_parser("compare", help="one report comparing two or more runs (or grid "
+                       "points): config differences, paired test, curves, disagreements")
+    p.add_argument("runs", type=Path, nargs="*", metavar="RUN")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default: next to the first run, compare-A-vs-B)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="score runs without stored test outputs now (loads their data)")
+    _add_data_out(p, out=False)
 
 
 def _add_tools(sub) -> None:
@@ -207,6 +216,14 @@ def cmd_table(a: argparse.Namespace) -> int:
     return grid.main_table(a.grid_dir)
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from classlab.compare.report import compare_runs
+
+    md, html = compare_runs(a.runs, out=a.out, evaluate=a.evaluate, data_root=a.data_dir)
+    print(f"Compare: {md} and {html}")
+    return 0
+
+
 def cmd_schedule(a: argparse.Namespace) -> int:
     from classlab import config
     from classlab.tools.schedule import main_schedule
@@ -239,19 +256,20 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
-            "report": cmd_report, "grid": cmd_grid, "table": cmd_table,
+            "report": cmd_report, "grid": cmd_grid, "table": cmd_table, "compare": cmd_compare,
             "schedule": cmd_schedule, "lr-find": cmd_lr_find, "config": cmd_config}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": shown as one line, exit status 2."""
+    from classlab.compare.paired import CompareError
     from classlab.config import ConfigError
     from classlab.data import DataError
     from classlab.diagnose import DiagnoseError
     from classlab.rundir import RunDirError
     from classlab.rundir.checkpoint import CheckpointError
 
-    return ConfigError, DataError, CheckpointError, RunDirError, DiagnoseError
+    return ConfigError, DataError, CheckpointError, RunDirError, DiagnoseError, CompareError
 
 
 def main(argv: list[str] | None = None) -> int:

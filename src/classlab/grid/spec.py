@@ -2,9 +2,11 @@
 folder name per point.
 
 A grid file holds ``base:`` (a config mapping, or the path of a config file relative to the
-grid file), ``axes:`` (full key -> list of values, first axis slowest) and an optional
-``name:``. Every point is named from its axis values, so a rerun of the same command finds
-its folders again.
+grid file), ``axes:`` (full key -> list of values, first axis slowest), an optional
+``name:``, and optionally ``seeds: [0, 1, 2]`` (or ``repeats: 3``, the seeds ``train.seed``,
+``train.seed + 1``, ...): each point then runs once per seed, each (point, seed) in a run
+folder of its own. Every folder is named from its axis values (and seed), so a rerun of the
+same command finds its folders again.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from classlab import config
 from classlab.config import Config, ConfigError
 from classlab.run.checks import check_environment
 
-GRID_KEYS = ("name", "base", "axes")
-COMPARED_KEYS = ("name", "base", "axes", "overrides")  # what makes two grids "the same"
+GRID_KEYS = ("name", "base", "axes", "seeds", "repeats")
+COMPARED_KEYS = ("name", "base", "axes", "overrides", "seeds")  # what makes two grids "the same"
+SEED_KEY = "train.seed"
 
 
 @dataclass
@@ -29,6 +32,11 @@ class Point:
     name: str  # folder name inside the grid folder
     values: dict[str, Any]  # axis key -> this point's value
     cfg: Config
+    group: str = ""  # the point without its seed: the table's row (= name without seeds)
+    seed: int | None = None  # train.seed of this run when the grid has seeds
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.name
 
 
 @dataclass
@@ -39,12 +47,14 @@ class Grid:
     axes: dict[str, list]
     overrides: list[str]
     points: list[Point]
+    seeds: list[int] | None = None
 
     def definition(self) -> dict:
         """What ``<grid_dir>/grid.yaml`` holds: the compared keys plus the point list."""
         return {"name": self.name, "source": str(self.source.resolve()), "base": self.base,
-                "axes": self.axes, "overrides": self.overrides,
-                "points": [{"name": p.name, "values": p.values} for p in self.points]}
+                "axes": self.axes, "overrides": self.overrides, "seeds": self.seeds,
+                "points": [{"name": p.name, "values": p.values, "group": p.group,
+                            "seed": p.seed} for p in self.points]}
 
 
 # --------------------------------------------------------------------------- expansion
@@ -63,10 +73,61 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     axes = _read_axes(raw.get("axes"), path)
     overrides = list(overrides)
     _check_overrides(overrides, axes)
-    points = [_make_point(base, overrides, dict(zip(axes, combo)), path)
-              for combo in itertools.product(*axes.values())]
+    seeds = _read_seeds(raw, path, base, overrides, axes)
+    points = [p for combo in itertools.product(*axes.values())
+              for p in _make_points(base, overrides, dict(zip(axes, combo)), seeds, path)]
     _check_unique(points, path)
-    return Grid(name, path, base, axes, overrides, points)
+    return Grid(name, path, base, axes, overrides, points, seeds)
+
+
+def _is_whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32
+
+
+def _read_seeds(raw: dict, path: Path, base: dict, overrides: list[str],
+                axes: dict[str, list]) -> list[int] | None:
+    """``seeds: [..]`` or ``repeats: N`` (seeds train.seed .. train.seed + N - 1); None when
+    the grid has neither (one run per point, with its config's own seed)."""
+    if "seeds" in raw and "repeats" in raw:
+        raise ConfigError(f"{path}: seeds and repeats: give one of them, not both")
+    if "repeats" in raw:
+        n = raw["repeats"]
+        if not _is_whole(n) or n < 1:
+            raise ConfigError(f"{path}: repeats: expected a whole number ≥ 1, got {n!r}")
+        first = _lookup_seed(base, overrides)
+        seeds = list(range(first, first + n))
+    elif "seeds" in raw:
+        seeds = raw["seeds"]
+        if not isinstance(seeds, list) or not seeds or not all(_is_whole(v) for v in seeds):
+            raise ConfigError(f"{path}: seeds: expected a list of whole numbers from 0 to "
+                              f"2**32 - 1, e.g. [0, 1, 2]; got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{path}: seeds: {seeds!r} lists a seed twice")
+    else:
+        return None
+    if SEED_KEY in axes or any(_override_key(o) in (SEED_KEY, "train") for o in overrides):
+        raise ConfigError(f"{path}: {SEED_KEY} is set by seeds/repeats; remove it from the "
+                          "axes and the overrides")
+    return seeds
+
+
+def _lookup_seed(base: dict, overrides: list[str]) -> int:
+    raw = config.apply_overrides(copy.deepcopy(base), overrides)
+    seed = (raw.get("train") or {}).get("seed", config.TrainConfig().seed)
+    return seed if _is_whole(seed) else config.TrainConfig().seed
+
+
+def _make_points(base: dict, overrides: list[str], values: dict[str, Any],
+                 seeds: list[int] | None, path: Path) -> list[Point]:
+    """The run(s) of one combination of axis values: one, or one per seed."""
+    if seeds is None:
+        return [_make_point(base, overrides, values, path)]
+    group = _point_name(values)
+    return [_make_point(base, overrides, values, path, seed=s, group=group) for s in seeds]
+
+
+def _point_name(values: dict[str, Any]) -> str:
+    return "-".join(_slug(k, v) for k, v in values.items())
 
 
 def _grid_name(name: Any, path: Path) -> str:
@@ -118,21 +179,24 @@ def _check_overrides(overrides: list[str], axes: dict[str, list]) -> None:
                                   "its values under axes: instead")
 
 
-def _make_point(base: dict, overrides: list[str], values: dict[str, Any], path: Path) -> Point:
-    name = "-".join(_slug(k, v) for k, v in values.items())
+def _make_point(base: dict, overrides: list[str], values: dict[str, Any], path: Path,
+                seed: int | None = None, group: str = "") -> Point:
+    name = _point_name(values) + ("" if seed is None else f"-seed{seed}")
     raw = copy.deepcopy(base)
     raw["name"] = name
     # Command-line overrides beat the base; axis values come last (overrides of axis keys
-    # were rejected above, so nothing can beat them).
+    # were rejected above, so nothing can beat them), then the seed.
     config.apply_overrides(raw, overrides)
     try:
         for key, value in values.items():
             config.set_key(raw, key, value)
+        if seed is not None:
+            config.set_key(raw, SEED_KEY, seed)
         cfg = config.from_dict(raw)
         check_environment(cfg)
     except ConfigError as e:
         raise ConfigError(_point_error(str(e), values, name, path)) from None
-    return Point(name, values, cfg)
+    return Point(name, values, cfg, group, seed)
 
 
 def _point_error(msg: str, values: dict[str, Any], name: str, path: Path) -> str:

@@ -9,7 +9,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from classlab import config
+from classlab import config, stats
+from classlab.compare.paired import CompareError, check_same_test_set, paired_test, try_outputs
 from classlab.config import ConfigError
 from classlab.grid.folder import read_grid_dir
 from classlab.report.dynamics import plot_compare
@@ -39,24 +40,30 @@ def write_table(grid_dir: str | Path) -> Path:
     grid_dir = Path(grid_dir)
     grid = read_grid_dir(grid_dir)
     extra = [k for k in grid.get("axes", {}) if k not in NAMED_COLUMNS]
-    rows = [_gather(grid_dir, entry, extra) for entry in grid["points"]]
+    runs = [_gather(grid_dir, entry, extra) for entry in grid["points"]]
+    groups = _groups(runs)
+    comparison = compare_groups(grid_dir, groups)
     g = GridFiles(grid_dir)
-    atomic_write_text(g.results_md, _markdown(grid.get("name", grid_dir.name), rows, extra))
-    atomic_write_text(g.results_csv, _csv(rows, extra))
+    seeded = grid.get("seeds") is not None
+    atomic_write_text(g.results_md, _markdown(grid.get("name", grid_dir.name), groups, extra,
+                                              comparison, seeded))
+    atomic_write_text(g.results_csv, _csv(runs, extra))
     _plot(g, grid)
     plot_compare([(e["name"], grid_dir / e["name"]) for e in grid["points"]], g.dynamics)
     return g.results_md
 
 
 def _gather(grid_dir: Path, entry: dict, extra: list[str]) -> dict:
-    """One point's facts from its folder: config.yaml for what it is, summary.json for how
+    """One run's facts from its folder: config.yaml for what it is, summary.json for how
     far it got. Missing files give blanks."""
     files = GridFiles(grid_dir).point(entry["name"])
     values = entry.get("values") or {}
     raw = _read_raw_config(files.config)
     summary = read_summary(files.summary) or {}
-    row = {"folder": entry["name"], "status": _status(summary), "error": summary.get("error"),
-           "params": summary.get("params"), "epochs_done": summary.get("epochs_done"),
+    row = {"folder": entry["name"], "group": entry.get("group") or entry["name"],
+           "seed": entry.get("seed"), "values": values, "status": _status(summary),
+           "error": summary.get("error"), "params": summary.get("params"),
+           "epochs_done": summary.get("epochs_done"),
            "epochs": summary.get("epochs", _lookup(raw, "train.epochs")),
            "spe": summary.get("seconds_per_epoch")}
     for key, (column, names) in NAMED_COLUMNS.items():
@@ -71,6 +78,134 @@ def _gather(grid_dir: Path, entry: dict, extra: list[str]) -> dict:
                test_acc=final.get("test_acc"), best_test=best.get("test_acc"),
                best_epoch=best.get("epoch"))
     return row
+
+
+# --------------------------------------------------------------------------- per point
+
+
+def _groups(runs: list[dict]) -> list[dict]:
+    """One row per point: its runs (one per seed), in grid order."""
+    order: dict[str, dict] = {}
+    for r in runs:
+        order.setdefault(r["group"], {"group": r["group"], "runs": []})["runs"].append(r)
+    return [_aggregate(g) for g in order.values()]
+
+
+def _finite(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and v == v]
+
+
+def _aggregate(g: dict) -> dict:
+    """n, mean ± sd and the 95% t interval of each accuracy over the point's finished runs."""
+    runs, first = g["runs"], g["runs"][0]
+    done = [r for r in runs if r["status"] == "finished"]
+    g.update({k: first[k] for k in (*HEAD, "values", "params", "epochs")})
+    g.update({k: first[k] for k in first if k not in g and k not in ("folder", "seed")})
+    g["n"], g["n_runs"] = len(done), len(runs)
+    for key in ("train_acc", "val_acc", "test_acc", "best_test", "spe"):
+        vals = _finite([r[key] for r in done] if key != "spe" else [r[key] for r in runs])
+        g[key] = stats.mean_ci(vals) if vals else None
+    g["epochs_done"] = min((r["epochs_done"] or 0) for r in runs)
+    g["status"] = _group_status(runs)
+    return g
+
+
+def _group_status(runs: list[dict]) -> str:
+    states = [r["status"] for r in runs]
+    if len(runs) == 1:
+        r = runs[0]
+        return f"failed: {r['error']}" if r["status"] == "failed" and r["error"] else r["status"]
+    if all(s == "finished" for s in states):
+        return "finished"
+    failed = sum(s == "failed" for s in states)
+    done = sum(s == "finished" for s in states)
+    return f"{done}/{len(runs)} finished" + (f", {failed} failed" if failed else "")
+
+
+# --------------------------------------------------------------------------- vs the best
+
+
+def _mean(stat: dict | None) -> float:
+    return stat["mean"] if stat else float("nan")
+
+
+def compare_groups(grid_dir: Path, groups: list[dict]) -> dict:
+    """The best point (by mean validation accuracy; by training accuracy when no point has a
+    validation split: the test set chooses nothing), and every other point's paired test
+    against it: pooled exact McNemar over the seeds both ran, Holm-adjusted over the points
+    compared. Points without stored test outputs get no p-value."""
+    scored = [g for g in groups if g["n"]]
+    if not scored:
+        return {"best": None, "by": None, "tests": {}, "groups": groups}
+    by = "val_acc" if any(_mean(g["val_acc"]) == _mean(g["val_acc"]) for g in scored) \
+        else "train_acc"
+    best = max((g for g in scored if _mean(g[by]) == _mean(g[by])), key=lambda g: _mean(g[by]))
+    outputs = {r["folder"]: try_outputs(grid_dir / r["folder"])
+               for g in scored for r in g["runs"] if r["status"] == "finished"}
+    tests = {}
+    for g in scored:
+        if g is best:
+            continue
+        pairs = _seed_pairs(g, best, outputs)
+        if pairs:
+            tests[g["group"]] = paired_test(pairs)
+    names = list(tests)
+    for name, adj in zip(names, stats.holm([tests[n].p for n in names])):
+        tests[name].p_holm = adj
+    return {"best": best["group"], "by": by, "tests": tests, "groups": groups}
+
+
+def _seed_pairs(g: dict, best: dict, outputs: dict) -> list:
+    """(this point's run, the best point's run) with the same seed, both with outputs on the
+    same test set; a run without a seed pairs with the other's one run."""
+    mine = {r["seed"]: outputs.get(r["folder"]) for r in g["runs"]}
+    theirs = {r["seed"]: outputs.get(r["folder"]) for r in best["runs"]}
+    pairs = [(mine[k], theirs[k]) for k in mine if mine.get(k) is not None
+             and theirs.get(k) is not None]
+    try:
+        for a, b in pairs:
+            check_same_test_set([a, b])
+    except CompareError:
+        return []
+    return pairs
+
+
+def _describe(g: dict, best: dict) -> str:
+    """ "LayerNorm vs BatchNorm on ResNet18 with OneCycleLR": what differs, then what not."""
+    mine, theirs = g["values"], best["values"]
+    differ = [k for k in mine if mine.get(k) != theirs.get(k)]
+    same = [k for k in mine if k not in differ]
+    text = (" + ".join(_display(k, mine[k]) for k in differ) + " vs "
+            + " + ".join(_display(k, theirs.get(k)) for k in differ))
+    if same:
+        text += " with " + ", ".join(_display(k, mine[k]) for k in same)
+    return text
+
+
+def _display(key: str, value: Any) -> str:
+    if key in NAMED_COLUMNS:
+        return NAMED_COLUMNS[key][1].get(value, cell(value))
+    return f"{key}={cell(value)}"
+
+
+def _sentences(groups: list[dict], comparison: dict) -> list[str]:
+    """The plain-language findings that open results.md, one per compared point."""
+    if comparison["best"] is None:
+        return ["No point has finished yet."]
+    best = next(g for g in groups if g["group"] == comparison["best"])
+    by = "validation" if comparison["by"] == "val_acc" else "training (no validation split)"
+    lines = [f"Best point by mean {by} accuracy: **{best['group']}** (test accuracy "
+             f"{_pct(_mean(best['test_acc']))}%, {best['n']} seed{'s' * (best['n'] != 1)})."]
+    for g in groups:
+        t = comparison["tests"].get(g["group"])
+        if t is None or not g["n"]:
+            continue
+        diff = _mean(g["test_acc"]) - _mean(best["test_acc"])
+        same = t.p_holm >= 0.05
+        lines.append(f"- {_describe(g, best)}: {diff:+.2f}% test accuracy, {g['n']} "
+                     f"seed{'s' * (g['n'] != 1)}, {stats.format_p(t.p_holm)}"
+                     + (" (not distinguishable from the best at 5%)" if same else ""))
+    return lines
 
 
 def _read_raw_config(path: Path) -> dict:
@@ -116,40 +251,82 @@ def _pct(value: Any) -> str:
     return "" if value is None or value != value else f"{value:.2f}"
 
 
-MD_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "Best-by-val test acc", "Epochs",
-           "s/epoch", "Status", "Run folder"]
+MD_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "vs best", "Best-by-val test acc",
+           "Epochs", "s/epoch", "Status", "Run folder"]
 CSV_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "Best-by-val test acc",
             "Best-by-val epoch", "Epochs", "Epochs planned", "s/epoch", "Status", "Error",
-            "Run folder"]
+            "Run folder", "Point", "Seed"]
 HEAD = [column for column, _ in NAMED_COLUMNS.values()]
+NOTE = ("Accuracies in %. Train acc is the running accuracy of the last epoch over its augmented "
+        "images; Val and Test acc are of the final epoch. Best-by-val test acc is the test "
+        "accuracy of the epoch with the best validation accuracy (the test set chooses "
+        "nothing). vs best: the test accuracy difference to the best point (chosen by "
+        "validation accuracy) and the p-value of McNemar's exact test on the same test images "
+        "(seeds pooled), Holm-adjusted for the number of points compared; ≈ marks a point not "
+        "distinguishable from the best at 5%. McNemar's test covers the finite test set, not "
+        "the spread between seeds: that is the ± sd and the 95% interval over seeds.")
 
 
-def _markdown(name: str, rows: list[dict], extra: list[str]) -> str:
-    header = HEAD + extra + MD_TAIL
-    lines = [f"# Grid {name}", "", "| " + " | ".join(header) + " |",
-             "| " + " | ".join("---" for _ in header) + " |"]
-    for r in rows:
-        cells = [r[c] for c in HEAD + extra] + _md_tail(r)
+def _stat(stat: dict | None, seeded: bool) -> str:
+    """"90.19%", or over seeds "90.19 ± 0.07%" (one seed stays a plain number)."""
+    if not stat:
+        return ""
+    if not seeded or stat["sd"] is None:
+        return f"{_pct(stat['mean'])}%"
+    return f"{_pct(stat['mean'])} ± {_pct(stat['sd'])}%"
+
+
+def _ci(stat: dict | None) -> str:
+    if not stat or stat["lo"] is None:
+        return ""
+    return f"[{_pct(stat['lo'])}, {_pct(stat['hi'])}]"
+
+
+def _vs_best(g: dict, comparison: dict) -> str:
+    if g["group"] == comparison["best"]:
+        return "best"
+    t = comparison["tests"].get(g["group"])
+    best = next((b for b in comparison["groups"] if b["group"] == comparison["best"]), None)
+    if t is None or best is None:
+        return ""
+    diff = _mean(g["test_acc"]) - _mean(best["test_acc"])
+    return f"{diff:+.2f} ({stats.format_p(t.p_holm)})" + (" ≈" if t.p_holm >= 0.05 else "")
+
+
+def _markdown(name: str, groups: list[dict], extra: list[str], comparison: dict,
+              seeded: bool) -> str:
+    tail = list(MD_TAIL)
+    if seeded:
+        tail[4:4] = ["95% CI test"]
+        tail[0:0] = ["Seeds"]
+    header = HEAD + extra + tail
+    lines = [f"# Grid {name}", "", *_sentences(groups, comparison), "",
+             "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for g in groups:
+        cells = [g[c] for c in HEAD + extra] + _md_tail(g, comparison, seeded)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", "Accuracies in %. Train acc is the running accuracy of the last epoch over "
-              "its augmented images; Val and Test acc are of the final epoch. Best-by-val test "
-              "acc is the test accuracy of the epoch with the best validation accuracy (the "
-              "test set chooses nothing).", ""]
+    lines += ["", NOTE, ""]
     return "\n".join(lines)
 
 
-def _md_tail(r: dict) -> list[str]:
-    pct = {k: f"{_pct(r[k])}%" if _pct(r[k]) else "" for k in ("train_acc", "val_acc",
-                                                               "test_acc", "best_test")}
-    best = f"{pct['best_test']} (epoch {r['best_epoch']})" if pct["best_test"] else ""
-    done, planned = r["epochs_done"], r["epochs"]
+def _md_tail(g: dict, comparison: dict, seeded: bool) -> list[str]:
+    best = _stat(g["best_test"], seeded)
+    if best and not seeded:
+        best += f" (epoch {g['runs'][0]['best_epoch']})"
+    done, planned = g["epochs_done"], g["epochs"]
     epochs = "" if planned is None else (str(planned) if done == planned
                                          else f"{done or 0}/{planned}")
-    status = f"failed: {r['error']}" if r["status"] == "failed" and r["error"] else r["status"]
-    return [f"{r['params']:,}" if r["params"] is not None else "", pct["train_acc"],
-            pct["val_acc"], pct["test_acc"], best, epochs,
-            f"{r['spe']:.1f}" if r["spe"] is not None else "", status,
-            f"[{r['folder']}]({r['folder']}/)"]
+    spe = f"{g['spe']['mean']:.1f}" if g["spe"] else ""
+    folders = " ".join(f"[{r['folder'] if not seeded else 'seed' + str(r['seed'])}]"
+                       f"({r['folder']}/)" for r in g["runs"])
+    cells = [f"{g['params']:,}" if g["params"] is not None else "",
+             _stat(g["train_acc"], seeded), _stat(g["val_acc"], seeded),
+             _stat(g["test_acc"], seeded), _vs_best(g, comparison), best, epochs, spe,
+             g["status"], folders]
+    if seeded:
+        cells[4:4] = [_ci(g["test_acc"])]
+        cells[0:0] = [f"{g['n']}/{g['n_runs']}" if g["n"] != g["n_runs"] else str(g["n"])]
+    return cells
 
 
 def _csv(rows: list[dict], extra: list[str]) -> str:
@@ -162,7 +339,7 @@ def _csv(rows: list[dict], extra: list[str]) -> str:
             _pct(r["val_acc"]), _pct(r["test_acc"]), _pct(r["best_test"]),
             cell(r["best_epoch"]), cell(r["epochs_done"]), cell(r["epochs"]),
             "" if r["spe"] is None else f"{r['spe']:.1f}", r["status"], r["error"] or "",
-            r["folder"]])
+            r["folder"], r["group"], cell(r["seed"])])
     return buf.getvalue()
 
 
