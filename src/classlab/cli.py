@@ -1,8 +1,9 @@
-"""Command line: ``classlab train | eval | diagnose | report | grid | table | compare | schedule
-| lr-find | config``.
+"""Command line: ``classlab train | eval | diagnose | report | runs | grid | table | compare
+| schedule | lr-find | config``.
 
 Every user-facing failure (bad config, missing data, bad run folder, corrupt checkpoint) ends
-as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed.
+as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed,
+143 / 130 for a run stopped by SIGTERM / Ctrl-C (after writing its checkpoint).
 """
 
 from __future__ import annotations
@@ -54,12 +55,22 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("report", help="(re)build report.md and report.html of a run")
     p.add_argument("run", type=Path)
 
+    p = sub.add_parser("runs", help="list the run folders under DIR, newest first")
+    p.add_argument("dir", nargs="?", type=Path, default=Path("runs"),
+                   help="folder holding run folders (default: runs)")
+
 
 def _add_grid_commands(sub) -> None:
     p = sub.add_parser("grid", help="run every point of a grid file")
     p.add_argument("grid", type=Path)
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every point")
-    p.add_argument("--jobs", type=int, default=1, help="points run at once")
+    p.add_argument("--jobs", type=int, default=1, help="points run at once (--engine local)")
+    p.add_argument("--engine", default="local",
+                   help="local (this machine; default) or ray (a Ray cluster: "
+                   "pip install 'classlab[ray]')")
+    p.add_argument("--address", default=None,
+                   help="--engine ray: the cluster, auto or HOST:PORT (default: RAY_ADDRESS, "
+                   "else a new local one)")
     p.add_argument("--print-commands", action="store_true",
                    help="print one self-contained shell line per point and exit")
     p.add_argument("--grid-dir", type=Path, default=None,
@@ -195,6 +206,20 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(a: argparse.Namespace) -> int:
+    from classlab.rundir import RunDirError
+    from classlab.rundir.listing import describe, format_table, run_folders
+
+    if not a.dir.is_dir():
+        raise RunDirError(f"{a.dir}: no such folder")
+    folders = run_folders(a.dir)
+    if not folders:
+        print(f"no run folders in {a.dir}")
+        return 0
+    print(format_table([describe(f) for f in folders]))
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from classlab.report import build_report
 
@@ -207,7 +232,8 @@ def cmd_grid(a: argparse.Namespace) -> int:
     from classlab import grid
 
     return grid.main_grid(a.grid, a.overrides, out=a.out, data_dir=a.data_dir, jobs=a.jobs,
-                          print_commands=a.print_commands, grid_dir=a.grid_dir)
+                          print_commands=a.print_commands, grid_dir=a.grid_dir,
+                          engine=a.engine, address=a.address)
 
 
 def cmd_table(a: argparse.Namespace) -> int:
@@ -256,7 +282,8 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
-            "report": cmd_report, "grid": cmd_grid, "table": cmd_table, "compare": cmd_compare,
+            "report": cmd_report, "runs": cmd_runs, "grid": cmd_grid, "table": cmd_table,
+            "compare": cmd_compare,
             "schedule": cmd_schedule, "lr-find": cmd_lr_find, "config": cmd_config}
 
 
@@ -294,10 +321,25 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"classlab {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        how = "rerun the same command" if args.command == "grid" else "classlab train --resume"
-        print(f"classlab {args.command}: interrupted (continue with: {how})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(args.command, e)
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> int:
+    """One line and 128 + the signal: 143 for SIGTERM, 130 for Ctrl-C. A run stopped after
+    writing its checkpoint (RunInterrupted) says where and how to continue."""
+    code = getattr(e, "exit_code", 130)
+    if getattr(e, "silent", False):
+        return code
+    if command == "grid":
+        print("classlab grid: interrupted (continue with: rerun the same command)",
+              file=sys.stderr)
+    elif str(e):
+        print(f"classlab {command}: {e}", file=sys.stderr)
+    else:
+        print(f"classlab {command}: interrupted (continue with: classlab train --resume)",
+              file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -28,13 +28,17 @@ from classlab.grid.table import cell, write_table
 from classlab.rundir import RunFiles
 from classlab.rundir.summary import is_finished, read_summary
 
+ENGINES = ("local", "ray")
+
 
 def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("runs"),
               data_dir: Path | None = None, jobs: int = 1, print_commands: bool = False,
-              grid_dir: Path | None = None) -> int:
-    """``classlab grid``: 0 when every point finished, 1 when any failed."""
-    if jobs < 1:
-        raise ConfigError(f"--jobs: {jobs} is out of range; must be ≥ 1")
+              grid_dir: Path | None = None, engine: str = "local",
+              address: str | None = None) -> int:
+    """``classlab grid``: 0 when every point finished, 1 when any failed. ``engine``: local
+    (this machine: in process, or ``jobs`` child processes) or ray (a Ray cluster at
+    ``address``; None: the one RAY_ADDRESS names, else a new one on this machine)."""
+    _check_engine(engine, jobs, address)
     grid = load_grid(grid_path, overrides)
     gdir = Path(grid_dir) if grid_dir is not None else Path(out) / grid.name
     prepare(grid, gdir)
@@ -44,7 +48,11 @@ def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("
     states = _print_plan(grid, gdir)
     todo = [p for p, st in zip(grid.points, states) if st != "finished"]
     t0 = time.time()
-    if jobs == 1:
+    if engine == "ray":
+        from classlab.grid.ray_engine import run_on_ray
+
+        failed = run_on_ray(todo, gdir, data_dir, address) if todo else []
+    elif jobs == 1:
         failed = _run_serial(todo, gdir, data_dir)
     else:
         failed = _run_parallel(todo, gdir, data_dir, jobs)
@@ -53,6 +61,23 @@ def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("
     print(f"{len(todo) - len(failed)} ran, {len(grid.points) - len(todo)} skipped (finished), "
           f"{len(failed)} failed in {time.time() - t0:.0f} s; table: {md}", flush=True)
     return 1 if failed else 0
+
+
+def _check_engine(engine: str, jobs: int, address: str | None) -> None:
+    """Before anything is read or written: the engine exists (and its package is installed)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine: unknown value {engine!r}; allowed: {', '.join(ENGINES)}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs: {jobs} is out of range; must be ≥ 1")
+    if engine == "ray":
+        from classlab.grid.ray_engine import import_ray
+
+        import_ray()
+        if jobs != 1:
+            raise ConfigError("--jobs applies to --engine local; Ray schedules the points by "
+                              "the CPUs and GPUs each asks for")
+    elif address is not None:
+        raise ConfigError("--address applies to --engine ray")
 
 
 def _print_commands(grid: Grid, gdir: Path, data_dir: Path | None) -> None:
