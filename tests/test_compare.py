@@ -63,6 +63,24 @@ def test_the_clearly_better_point_is_best_and_the_other_significantly_worse(bett
     # mean ± sd over the seeds, and the 95% t interval around the mean
     test = cells[cols.index("Test acc")]
     assert "±" in test and cells[cols.index("95% CI test")].startswith("[")
+    assert "±" in cells[cols.index("ECE")]
+
+
+def test_the_ece_column_is_the_calibration_error_of_the_stored_outputs(better_grid):
+    import numpy as np
+    import torch
+
+    from classlab.compare.paired import load_outputs
+    from classlab.diagnose.calibration import ece
+
+    md = _md(better_grid)
+    cols = [c.strip() for c in next(x for x in md if x.startswith("| Model")).strip("|")
+            .split("|")]
+    row = next(x for x in md if x.startswith("| ResNet18") and "| 6 |" in x)
+    cell = [c.strip() for c in row.strip("|").split("|")][cols.index("ECE")]
+    values = [100 * ece(torch.from_numpy(o.probs), torch.from_numpy(o.labels))
+              for o in (load_outputs(better_grid / f"epochs6-seed{k}") for k in (0, 1))]
+    assert cell == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}%"
 
 
 def test_identical_configs_are_not_distinguishable(tmp_path):

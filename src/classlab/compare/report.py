@@ -172,6 +172,7 @@ def _config_blocks(runs: list[Compared]) -> list[Block]:
 
 def _curves(runs: list[Compared], path: Path) -> bool:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not any(r.metrics for r in runs):
         return False
@@ -191,6 +192,7 @@ def _curves(runs: list[Compared], path: Path) -> bool:
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)",
                 title="Validation (dashed) and test accuracy per epoch")
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     save_figure(fig, path, dpi=100)

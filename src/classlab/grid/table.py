@@ -43,6 +43,7 @@ def write_table(grid_dir: str | Path) -> Path:
     runs = [_gather(grid_dir, entry, extra) for entry in grid["points"]]
     groups = _groups(runs)
     comparison = compare_groups(grid_dir, groups)
+    _add_ece(groups, comparison["outputs"])
     g = GridFiles(grid_dir)
     seeded = grid.get("seeds") is not None
     atomic_write_text(g.results_md, _markdown(grid.get("name", grid_dir.name), groups, extra,
@@ -135,13 +136,15 @@ def compare_groups(grid_dir: Path, groups: list[dict]) -> dict:
     against it: pooled exact McNemar over the seeds both ran, Holm-adjusted over the points
     compared. Points without stored test outputs get no p-value."""
     scored = [g for g in groups if g["n"]]
+    done: dict[str, Any] = {"groups": groups, "outputs": {}}
     if not scored:
-        return {"best": None, "by": None, "tests": {}, "groups": groups}
+        return {**done, "best": None, "by": None, "tests": {}}
     by = "val_acc" if any(_mean(g["val_acc"]) == _mean(g["val_acc"]) for g in scored) \
         else "train_acc"
     best = max((g for g in scored if _mean(g[by]) == _mean(g[by])), key=lambda g: _mean(g[by]))
     outputs = {r["folder"]: try_outputs(grid_dir / r["folder"])
                for g in scored for r in g["runs"] if r["status"] == "finished"}
+    done["outputs"] = outputs
     tests = {}
     for g in scored:
         if g is best:
@@ -152,7 +155,21 @@ def compare_groups(grid_dir: Path, groups: list[dict]) -> dict:
     names = list(tests)
     for name, adj in zip(names, stats.holm([tests[n].p for n in names])):
         tests[name].p_holm = adj
-    return {"best": best["group"], "by": by, "tests": tests, "groups": groups}
+    return {**done, "best": best["group"], "by": by, "tests": tests}
+
+
+def _add_ece(groups: list[dict], outputs: dict) -> None:
+    """Each point's expected calibration error on the test set (top-label, 15 bins, in %;
+    mean ± sd over seeds), from the stored test outputs: how far its confidences are from
+    its accuracy (classlab.diagnose.calibration)."""
+    import torch
+
+    from classlab.diagnose.calibration import ece
+
+    for g in groups:
+        vals = [100.0 * ece(torch.from_numpy(o.probs), torch.from_numpy(o.labels))
+                for r in g["runs"] if (o := outputs.get(r["folder"])) is not None]
+        g["ece"] = stats.mean_ci(vals) if vals else None
 
 
 def _seed_pairs(g: dict, best: dict, outputs: dict) -> list:
@@ -251,7 +268,7 @@ def _pct(value: Any) -> str:
     return "" if value is None or value != value else f"{value:.2f}"
 
 
-MD_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "vs best", "Best-by-val test acc",
+MD_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "vs best", "ECE", "Best-by-val test acc",
            "Epochs", "s/epoch", "Status", "Run folder"]
 CSV_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "Best-by-val test acc",
             "Best-by-val epoch", "Epochs", "Epochs planned", "s/epoch", "Status", "Error",
@@ -263,7 +280,9 @@ NOTE = ("Accuracies in %. Train acc is the running accuracy of the last epoch ov
         "nothing). vs best: the test accuracy difference to the best point (chosen by "
         "validation accuracy) and the p-value of McNemar's exact test on the same test images "
         "(seeds pooled), Holm-adjusted for the number of points compared; ≈ marks a point not "
-        "distinguishable from the best at 5%. McNemar's test covers the finite test set, not "
+        "distinguishable from the best at 5%. ECE: expected calibration error of the test "
+        "predictions (top-label confidence, 15 equal-width bins), in % points: 0 means the "
+        "confidences are as high as the accuracy. McNemar's test covers the finite test set, not "
         "the spread between seeds: that is the ± sd and the 95% interval over seeds.")
 
 
@@ -321,7 +340,8 @@ def _md_tail(g: dict, comparison: dict, seeded: bool) -> list[str]:
                        f"({r['folder']}/)" for r in g["runs"])
     cells = [f"{g['params']:,}" if g["params"] is not None else "",
              _stat(g["train_acc"], seeded), _stat(g["val_acc"], seeded),
-             _stat(g["test_acc"], seeded), _vs_best(g, comparison), best, epochs, spe,
+             _stat(g["test_acc"], seeded), _vs_best(g, comparison), _stat(g.get("ece"), seeded),
+             best, epochs, spe,
              g["status"], folders]
     if seeded:
         cells[4:4] = [_ci(g["test_acc"])]
