@@ -203,6 +203,10 @@ def test_flat_map_is_zero_not_nan(mode: str, method: str) -> None:
     model = _Tiny(mode)
     maps = compute_cams(model, torch.randn(3, 3, 8, 8), ["flat"], method)
     assert maps["flat"].shape == (3, 8, 8)
+    if mode == "zero_gradient" and not CAMS[method].class_specific:
+        # Eigen-CAM reads the activations only, so a head that ignores them changes nothing
+        assert torch.isfinite(maps["flat"]).all() and bool((maps["flat"].amax((1, 2)) == 1).all())
+        return
     assert torch.equal(maps["flat"], torch.zeros(3, 8, 8))
 
 
@@ -265,7 +269,8 @@ def test_compute_cams_removes_hooks_when_it_fails(net: nn.Module) -> None:
     assert _hooks(net) == 0 and not net.training
     with pytest.raises(DiagnoseError, match="unknown layer 'nope'"):
         compute_cams(net, x, ["layer1", "nope"])
-    with pytest.raises(DiagnoseError, match="gradcam, gradcampp, layercam"):
+    with pytest.raises(DiagnoseError, match="eigencam, gradcam, gradcampp, hirescam, "
+                                            "layercam, scorecam, xgradcam$"):
         compute_cams(net, x, ["layer1"], "cam")
     assert _hooks(net) == 0
 
@@ -280,7 +285,8 @@ def _csv(path: Path) -> list[list[str]]:
 
 OUTPUTS = ["curves.png", "mistakes.png", "per_class.csv", "per_class.png", "confusion.csv",
            "confusion.png", "confused_pairs.csv", "cam_mistakes.png", "cam_pred_vs_true.png",
-           "diagnose.json"]
+           "reliability.png", "confidence_hist.png", "faithfulness.csv", "faithfulness.png",
+           "sanity.csv", "sanity.png", "sanity_maps.png", "diagnose.json"]
 
 
 def test_diagnose_run_writes_everything(tiny_diagnosed: tuple) -> None:
@@ -334,7 +340,58 @@ def test_diagnose_run_writes_everything(tiny_diagnosed: tuple) -> None:
     assert confs[0] == pytest.approx(max(float(r[3]) for r in wrong), rel=1e-5)
     assert all(s["true"] != s["pred"] for s in shown)
     assert diag["layers"] == LAYERS and diag["method"] == "gradcam"
-    assert set(diag["seconds"]) >= {"predictions", "cams", "total"}
+    assert set(diag["seconds"]) >= {"predictions", "calibration", "cams", "faithfulness",
+                                    "sanity", "total"}
+    assert not (run_dir / "diagnose" / "cam_methods.png").exists()  # only with --method all
+
+
+def test_diagnose_reports_calibration_from_test_and_validation(tiny_diagnosed: tuple) -> None:
+    """ECE of the saved test outputs; T fitted on the validation split alone."""
+    from classlab.diagnose.calibration import ece, fit_temperature, mce, probs_to_logits
+    from classlab.engine import evaluate
+    from classlab.rundir import RunFiles
+    from classlab.rundir.checkpoint import read_test_outputs
+
+    run_dir, _ = tiny_diagnosed
+    cal = json.loads((run_dir / "diagnose" / "diagnose.json").read_text())["calibration"]
+    saved = read_test_outputs(RunFiles(run_dir).test_outputs)
+    assert cal["ece"] == pytest.approx(ece(saved["probs"], saved["labels"]), abs=1e-12)
+    assert cal["mce"] == pytest.approx(mce(saved["probs"], saved["labels"]), abs=1e-12)
+    assert sum(cal["bins"]["count"]) == cal["n"] == len(saved["labels"])
+    assert len(cal["bins"]["count"]) == 15
+    s, _ = session_from_run(run_dir)
+    val_x, val_y = s.data["val"]
+    ev = evaluate(s.model, val_x, val_y, normalize=s.normalize, batch_size=1000, amp=s.amp,
+                  keep_outputs=True)
+    t = fit_temperature(probs_to_logits(ev.probs), val_y)
+    assert cal["temperature"] == pytest.approx(t, rel=1e-4)
+    assert cal["val_images"] == len(val_x) > 0 and cal["ece_scaled"] is not None
+
+
+def test_diagnose_checks_the_cams_it_shows(tiny_diagnosed: tuple) -> None:
+    run_dir, _ = tiny_diagnosed
+    diag = json.loads((run_dir / "diagnose" / "diagnose.json").read_text())
+    cells = {"layer1": [32, 32], "layer2": [16, 16], "layer3": [8, 8], "layer4": [4, 4]}
+    assert diag["layer_cells"] == cells
+    faith = diag["faithfulness"]
+    assert (faith["steps"], faith["fill"], faith["images"]) == (16, "mean", 6)
+    assert [(r["method"], r["layer"], r["cells"]) for r in faith["rows"]] == \
+        [("gradcam", layer, c) for layer, c in cells.items()]
+    for r in faith["rows"]:
+        assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
+        assert r["better_than_chance"] == (r["gain"] > 2 * r["gain_se"])
+    rows = _csv(run_dir / "diagnose" / "faithfulness.csv")
+    assert rows[0][:2] == ["method", "layer"] and len(rows) == 5
+    assert float(rows[4][4]) == pytest.approx(faith["rows"][3]["deletion_auc"], rel=1e-5)
+    sanity = diag["sanity"]
+    assert sanity["steps"] == ["linear", "layer4", "layer3", "layer2", "layer1", "bn1",
+                               "conv1"]
+    assert sanity["images"] == 6 and len(sanity["rows"]) == 4
+    assert all(len(r["rho"]) == 7 for r in sanity["rows"])
+    assert len(_csv(run_dir / "diagnose" / "sanity.csv")) == 1 + 4 * 7
+    # ResNet18's layer4 is 4x4 for 32x32 images: the one coarse layer
+    assert [c["layer"] for c in diag["coarse"]] == ["layer4"]
+    assert "8x8 pixels" in diag["coarse"][0]["note"]
 
 
 def test_diagnose_run_with_a_session_and_options(tiny_run: Path, tmp_path: Path,
@@ -342,6 +399,8 @@ def test_diagnose_run_with_a_session_and_options(tiny_run: Path, tmp_path: Path,
     run_dir = copy_run(tiny_run, tmp_path)
     s, _ = session_from_run(run_dir)
     s.model.train()
+    x_val, y_val = s.data["val"]
+    s.data["val"] = (x_val[:0], y_val[:0])  # as with data.val_split=0
     res = diagnose_run(run_dir, session=s, layers=["layer4", "layer2.1.conv2"],
                        method="layercam", count=2, target="true")
     assert res["layers"] == ["layer4", "layer2.1.conv2"] and res["shown"] == 2
@@ -349,6 +408,11 @@ def test_diagnose_run_with_a_session_and_options(tiny_run: Path, tmp_path: Path,
     conv = s.model.conv1.weight
     assert conv.is_contiguous()  # memory format put back after the fast CPU pass
     assert (run_dir / "diagnose" / "cam_mistakes.png").is_file()
+    cal = res["calibration"]
+    assert cal["temperature"] is None and cal["ece_scaled"] is None
+    assert "no validation split" in cal["note"]
+    assert [(r["method"], r["layer"]) for r in res["faithfulness"]["rows"]] == \
+        [("layercam", "layer4"), ("layercam", "layer2.1.conv2")]
 
 
 def test_predictions_are_those_of_the_reported_weights_and_tta(tmp_path: Path) -> None:
@@ -382,8 +446,14 @@ def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("args, message", [
     (["--layers", "layer1,foo"], "unknown layer 'foo'; valid: conv1, bn1, layer1, layer2"),
-    (["--method", "cam"], "unknown method 'cam'; allowed: gradcam, gradcampp, layercam"),
+    (["--method", "cam"], "unknown method 'cam'; allowed: eigencam, gradcam, gradcampp, "
+                          "hirescam, layercam, scorecam, xgradcam, all"),
     (["--count", "0"], "diagnose.count: 0"),
+    (["--layers", "layer4,linear"], "'linear' outputs [10] per image, not a [channels, h, w] "
+                                    "feature map; e.g. conv1, bn1, layer1"),
+    (["--layers", "layer4,pool", "--method", "scorecam"],
+     "'pool' gives a 1x1 map, too small for scorecam's masks (needs at least 2 cells)"),
+    (["--layers", "pool", "--method", "all"], "too small for eigencam's masks"),
 ])
 def test_cli_bad_input_is_one_line(tiny_run: Path, tmp_path: Path, copy_run,
                                    capsys: pytest.CaptureFixture, args: list[str],
@@ -418,6 +488,30 @@ def test_cli_diagnose_writes_report(tiny_run: Path, tmp_path: Path, copy_run,
     assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
 
 
+def test_cli_method_all_compares_every_method(tiny_run: Path, tmp_path: Path, copy_run,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from classlab.diagnose.trust import MAX_METHOD_IMAGES
+
+    run_dir = copy_run(tiny_run, tmp_path)
+    rc = cli.main(["diagnose", str(run_dir), "--method", "all", "--count", "3", "--layers",
+                   "layer3,layer4"])
+    assert rc == 0 and "Report:" in capsys.readouterr().out
+    diag = json.loads((run_dir / "diagnose" / "diagnose.json").read_text())
+    methods = sorted(CAMS)
+    assert diag["method"] == "all" and diag["methods"] == methods
+    assert diag["grid_method"] == "gradcam"
+    pairs = [(m, layer) for m in methods for layer in ("layer3", "layer4")]
+    assert [(r["method"], r["layer"]) for r in diag["faithfulness"]["rows"]] == pairs
+    assert [(r["method"], r["layer"]) for r in diag["sanity"]["rows"]] == pairs
+    assert diag["files"]["cam_methods"] == "diagnose/cam_methods.png"
+    from PIL import Image
+
+    with Image.open(run_dir / "diagnose" / "cam_methods.png") as im:
+        # rows: the images, then one per method; 3 images (<= MAX_METHOD_IMAGES) per cell
+        assert 3 <= MAX_METHOD_IMAGES and im.size[1] > (1 + len(methods)) * 64
+    assert "### Every method on the same images" in (run_dir / "report.md").read_text()
+
+
 def test_diagnose_reuses_the_last_epochs_test_outputs(tiny_run, tmp_path, monkeypatch):
     """The last training epoch saves per-image test outputs; diagnose reads them instead of
     running the test set through the model again, and they give the reported accuracy."""
@@ -430,16 +524,22 @@ def test_diagnose_reuses_the_last_epochs_test_outputs(tiny_run, tmp_path, monkey
     shutil.copytree(tiny_run, run)
     outputs = RunFiles(run).test_outputs
     assert outputs.is_file()
+    from classlab.diagnose import trust
+
     calls = []
     real = diagnose_module.evaluate
-    monkeypatch.setattr(diagnose_module, "evaluate",
-                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    record = lambda *a, **k: calls.append((len(a[1]), k)) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(diagnose_module, "evaluate", record)
+    monkeypatch.setattr(trust, "evaluate", record)  # calibration: the validation split
     res = diagnose_run(run, count=2, layers=["layer4"])
-    assert not any(k.get("keep_outputs") for k in calls)
     summary = json.loads((run / "summary.json").read_text())
+    n_test, n_val = summary["test_images"], summary["val_images"]
+    assert n_test != n_val
+    # the validation split once (for calibration); the test set not again
+    assert [n for n, _ in calls] == [n_val]
     assert res["test_acc"] == pytest.approx(summary["final"]["test_acc"])
     # a cache that belongs to another checkpoint is not trusted
     outputs.write_bytes(b"garbage")
     res2 = diagnose_run(run, count=2, layers=["layer4"])
-    assert any(k.get("keep_outputs") for k in calls)
+    assert any(n == n_test and k.get("keep_outputs") for n, k in calls)
     assert res2["test_acc"] == pytest.approx(res["test_acc"])

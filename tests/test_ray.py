@@ -186,7 +186,9 @@ def _wait_for_epoch(point: Path, p: subprocess.Popen, timeout: float = 240) -> i
 
 
 def test_an_interrupted_driver_restarts_without_redoing_finished_points(cluster, tmp_path):
-    gpath = _grid(tmp_path, "again", {"optim.lr": [0.001, 0.002, 0.003]})
+    # one short point and two long ones: the interrupt comes after the short one finished,
+    # while the long ones surely still train
+    gpath = _grid(tmp_path, "again", {"train.epochs": [1, 30, 31]})
     args = [str(gpath), "--engine", "ray", "--address", cluster, "--out", str(tmp_path / "r")]
     gdir = tmp_path / "r" / "again"
     p = _driver(*args)
@@ -206,6 +208,7 @@ def test_an_interrupted_driver_restarts_without_redoing_finished_points(cluster,
                 if yaml.safe_load(s.read_text()).get("status") == "finished"}
     assert finished and len(finished) < 3
     # the outstanding tasks were cancelled: nothing trains on after the driver has gone
+    time.sleep(2)  # (a worker still finishing its current step may write one more row)
     sizes = {m: m.stat().st_size for m in gdir.glob("*/metrics.csv")}
     time.sleep(3)
     assert {m: m.stat().st_size for m in gdir.glob("*/metrics.csv")} == sizes

@@ -2,7 +2,11 @@
 
 1. checkpoints: atomic (temp file, flush + fsync, rename) every epoch, complete; a run killed
    at any point resumes bit-identically, metrics.csv rows never duplicated or lost;
-2. a real ``classlab train`` process killed with SIGKILL mid-epoch, then ``--resume``d;
+2. a real ``classlab train`` process killed with SIGKILL mid-epoch, then ``--resume``d; one
+   stopped by SIGTERM / SIGINT at chosen steps, during evaluation and during the checkpoint
+   write (mid-epoch checkpoint, exit 143 / 130, one line), then ``--resume``d; torchrun ranks
+   stopping at the same step; a periodic mid-epoch checkpoint (``train.checkpoint_minutes``)
+   resumed after a kill;
 3. safe loading: weights_only checkpoints, damaged checkpoints, safe YAML;
 4. numerical faults: non-finite loss, gradient clipping;
 5. bad input, systematically: hypothesis on config loading and overrides, CLI misuse, damaged
@@ -49,10 +53,12 @@ from classlab.cli import main
 from classlab.config import Config, ConfigError
 from classlab.data import cifar
 from classlab.engine import TrainingError, epoch_generator, seed_everything, steps_per_epoch
+from classlab.run import control as control_module
 from classlab.run import fit as fit_module
 from classlab.run.fit import fit
 from classlab.run.folder import resume_run, start_run
 from classlab.run.session import Session
+from classlab.run.signals import TEST_SIGNAL_ENV
 from classlab.rundir import atomic_write_bytes, make_run_dir, write_json
 from classlab.rundir import files as rundir_files
 from classlab.rundir.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -136,11 +142,11 @@ def _fd_path(fd: int) -> str:
         return ""
 
 
-def _classlab(*args: str, cwd: Path) -> subprocess.Popen:
+def _classlab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """A real ``classlab`` process (stdout/stderr to files in ``cwd``, never a full pipe)."""
     tag = f"{time.monotonic_ns()}"
     out, err = open(cwd / f"out-{tag}.txt", "w+"), open(cwd / f"err-{tag}.txt", "w+")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     p = subprocess.Popen([sys.executable, "-m", "classlab", *args], cwd=cwd, stdout=out,
                          stderr=err, env=env)
     p.out_file, p.err_file = out, err  # type: ignore[attr-defined]
@@ -464,6 +470,116 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
     assert f"Resuming {run_dir} after epoch {done}" in stdout
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
     assert_same_run(reference(overrides), run_dir, epochs)
+
+
+# --------------------------------------------------------------------------- 2. SIGTERM, SIGINT
+
+SIGNALLED = [*CRASH, "train.epochs=3"]  # 12 steps per epoch; the SIGKILL test's reference
+# CLASSLAB_TEST_SIGNAL_AT -> (signal, step of the stop; None: after the epoch's files)
+SIGNAL_CASES = {
+    "1:1": ("SIGTERM", 1),  # the very first step: no last.pt yet
+    "2:5": ("SIGTERM", 5),
+    "2:12:INT": ("SIGINT", 12),  # the epoch's last step, before its evaluation
+    "2:eval": ("SIGTERM", 12),  # during the evaluation: cut short, redone on resume
+    "2:write:INT": ("SIGINT", None),  # as last.pt of epoch 2 is being written
+}
+
+
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory):
+    """``case -> (process, out folder)``: one real ``classlab train`` per SIGNAL_CASES entry,
+    all started at once (they are single-threaded; together they take ~10 s, not ~35)."""
+    started = {}
+    for at in SIGNAL_CASES:
+        cwd = tmp_path_factory.mktemp("signalled")
+        started[at] = (_classlab("train", *SIGNALLED, "--out", str(cwd / "runs"), cwd=cwd,
+                                 env={TEST_SIGNAL_ENV: at}), cwd / "runs")
+    yield started
+    for p, _ in started.values():
+        if p.poll() is None:
+            p.kill()
+
+
+@pytest.mark.parametrize("at", list(SIGNAL_CASES), ids=[
+    "term-epoch1-step1", "term-epoch2-step5", "int-epoch2-last-step", "term-in-eval",
+    "int-in-checkpoint-write"])
+def test_signal_stops_after_a_checkpoint_and_resumes_bit_identical(signalled, reference, at):
+    signame, step = SIGNAL_CASES[at]
+    epoch = int(at.split(":")[0])
+    p, out = signalled[at]
+    rc, stdout, stderr = _finish(p)
+    (run_dir,) = out.iterdir()
+    assert rc == {"SIGTERM": 143, "SIGINT": 130}[signame], stderr
+    where = f"at epoch {epoch}, step {step} of 12" if step else f"after epoch {epoch}"
+    ckpt = run_dir / ("midepoch.pt" if step else "last.pt")
+    assert _one_line(stderr) == (f"classlab train: stopped by {signame} {where}; checkpoint "
+                                 f"{ckpt}; continue with: classlab train --resume {run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["interrupted"] == {"signal": signame, "epoch": epoch, "step": step,
+                                      "steps": 12 if step else None}
+    finished = epoch - 1 if step else epoch
+    assert summary["epochs_done"] == finished
+    assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == \
+        list(range(1, finished + 1))
+    assert (run_dir / "midepoch.pt").exists() == bool(step)
+    if step:
+        mid = load_checkpoint(run_dir / "midepoch.pt")
+        assert mid["epoch"] == finished
+        assert (mid["position"]["epoch"], mid["position"]["step"]) == (epoch, step)
+        # the images of the steps done (360 in all: the last batch holds 8)
+        assert mid["position"]["seen"] == min(32 * step, 360)
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert_same_run(reference(SIGNALLED), run_dir, 3)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert not (run_dir / "midepoch.pt").exists(), "the stale mid-epoch checkpoint stayed"
+
+
+def test_torchrun_ranks_stop_at_the_same_step_and_rank0_writes(tmp_path):
+    # only rank 1 is signalled: rank 0 learns of it from the per-step all-reduce
+    out = tmp_path / "runs"
+    p = _classlab("train", "name=ddp", *COMMON, "data.synthetic_size=200", "model.norm=ln",
+                  "train.epochs=2", "log.dynamics_every=0", "--nproc", "2", "--out", str(out),
+                  cwd=tmp_path, env={TEST_SIGNAL_ENV: "1:3@1"})
+    rc, stdout, stderr = _finish(p)
+    assert rc != 0
+    (run_dir,) = out.iterdir()
+    said = [x for x in stderr.splitlines() if x.startswith("classlab train: ")]
+    assert said == [f"classlab train: stopped by SIGTERM at epoch 1, step 3 of 6; checkpoint "
+                    f"{run_dir / 'midepoch.pt'}; continue with: classlab train --resume "
+                    f"{run_dir}"], stderr  # once: rank 0 speaks for both
+    mid = load_checkpoint(run_dir / "midepoch.pt")
+    assert (mid["position"]["epoch"], mid["position"]["step"]) == (1, 3)
+    assert mid["position"]["seen"] == 3 * 32  # both ranks' halves of the 3 global batches
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted"]["step"] == 3
+
+
+def test_periodic_midepoch_checkpoint_is_written_and_resumed_after_a_kill(tmp_path,
+                                                                           reference):
+    # 6e-5 s: every step is due; the kill lands right after the one of epoch 2, step 3
+    s, run_dir = _start([*SMALL, "train.checkpoint_minutes=1e-6"], tmp_path)
+    written: list[tuple[int, int]] = []
+    real = control_module.save_checkpoint
+
+    def save(path, state):
+        real(path, state)
+        pos = state["position"]
+        written.append((pos["epoch"], pos["step"]))
+        if written[-1] == (2, 3):
+            raise Killed
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(control_module, "save_checkpoint", save)
+        with pytest.raises(Killed):
+            fit(s, run_dir)
+    # 4 steps per epoch: steps 1-3 get a periodic checkpoint, step 4 the end-of-epoch one
+    assert written == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    s2, epoch, best, wall = resume_run(run_dir)
+    assert epoch == 1 and (s2.position.epoch, s2.position.step) == (2, 3)
+    fit(s2, run_dir, epoch, best, wall)
+    assert_same_run(reference(SMALL), run_dir, 3)
 
 
 # --------------------------------------------------------------------------- 3. safe loading

@@ -20,8 +20,13 @@ from classlab.rundir import write_json
 
 SECTIONS = ["# Run report: tiny", "## Summary", "## Results", "## Epochs", "## Curves",
             "## Per-class accuracy", "## Confusion matrix", "### Most confused pairs",
-            "## Misclassified images", "## Class activation maps (Grad-CAM)",
+            "## Calibration", "## Misclassified images", "## Class activation maps (Grad-CAM)",
+            "## Can the CAMs be trusted?", "### Faithfulness: deletion and insertion",
+            "### Model-randomisation sanity check", "### Coarse maps",
             "## Weight updates", "## Configuration"]
+# the images of the calibration and CAM-check sections
+TRUST_IMAGES = ["diagnose/reliability.png", "diagnose/confidence_hist.png",
+                "diagnose/faithfulness.png", "diagnose/sanity.png", "diagnose/sanity_maps.png"]
 MD_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
         "track", "wbr"}
@@ -83,7 +88,42 @@ def test_markdown_sections_and_images(report: tuple) -> None:
     for rel in images:
         assert not Path(rel).is_absolute() and (run_dir / rel).is_file(), rel
     assert "diagnose/cam_mistakes.png" in images and "diagnose/mistakes.png" in images
+    assert set(TRUST_IMAGES) <= set(images)
     assert "not made yet" not in text
+
+
+def test_trust_sections_say_what_diagnose_json_says(report: tuple) -> None:
+    run_dir, md, _ = report
+    text = md.read_text()
+    diag = json.loads((run_dir / "diagnose" / "diagnose.json").read_text())
+    cal = diag["calibration"]
+    assert f"| as predicted | {100 * cal['ece']:.2f}% | {100 * cal['mce']:.2f}% | – |" in text
+    assert f"(fitted on {cal['val_images']} validation images)" in text
+    for r in diag["faithfulness"]["rows"]:
+        assert (f"| Grad-CAM | {r['layer']} | {r['cells'][0]}x{r['cells'][1]} | "
+                f"{r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} |") in text
+    head = "| method | layer | " + " | ".join(f"+{s}" for s in diag["sanity"]["steps"])
+    assert head + " | flagged |" in text
+    assert "layer4's map is 4x4" in text
+
+
+def test_report_of_an_older_diagnosis_names_what_is_missing(tiny_diagnosed: tuple,
+                                                            tmp_path: Path) -> None:
+    """A diagnose.json written before calibration and the CAM checks existed."""
+    run_dir = shutil.copytree(tiny_diagnosed[0], tmp_path / "old")
+    path = run_dir / "diagnose" / "diagnose.json"
+    diag = json.loads(path.read_text())
+    for key in ("calibration", "faithfulness", "sanity", "coarse"):
+        del diag[key]
+    write_json(path, diag)
+    for name in TRUST_IMAGES:
+        (run_dir / name).unlink()
+    md, _ = build_report(run_dir)
+    text = md.read_text()
+    assert "## Calibration" in text and "## Can the CAMs be trusted?" in text
+    assert "The calibration of the test predictions: not made yet" in text
+    assert "The faithfulness scores and the sanity check of the CAMs: not made yet" in text
+    assert not set(TRUST_IMAGES) & set(MD_IMAGE.findall(text))
 
 
 def test_html_is_self_contained_and_well_formed(report: tuple) -> None:
@@ -187,6 +227,20 @@ def test_html_renders_in_chromium(report: tuple) -> None:
                 alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}))""")
             assert page.title().startswith("Run report: tiny")
             headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+            subheadings = page.eval_on_selector_all("h3",
+                                                    "els => els.map(e => e.textContent)")
+            # the table under each new section heading, as the browser laid it out
+            tables = page.evaluate("""() => Object.fromEntries(
+                Array.from(document.querySelectorAll('h2, h3'), h => {
+                    let el = h.nextElementSibling;
+                    while (el && !/^(TABLE|H2|H3)$/.test(el.tagName)) el = el.nextElementSibling;
+                    const t = el && el.tagName === 'TABLE' ? el : null;
+                    return [h.textContent, t ? {rows: t.rows.length,
+                        cols: t.rows[0].cells.length, width: t.getBoundingClientRect().width}
+                        : null];
+                }))""")
+            trust_images = page.evaluate("""() => Array.from(document.images, i => i.alt)
+                .filter(a => /Reliability|confidence|deletion|randomisation/.test(a))""")
             summary = page.locator("details summary").first
             summary.click()
             config_visible = page.locator("details pre").first.is_visible()
@@ -197,6 +251,27 @@ def test_html_renders_in_chromium(report: tuple) -> None:
     for img in images:
         assert img["complete"] and img["w"] > 0 and img["h"] > 0, img
     assert "Weight updates" in headings and "Confusion matrix" in headings
+    assert "Calibration" in headings and "Can the CAMs be trusted?" in headings
+    assert {"Faithfulness: deletion and insertion", "Model-randomisation sanity check",
+            "Coarse maps"} <= set(subheadings)
+    # calibration: header + as predicted + after scaling; 4 layers of Grad-CAM in each check
+    assert tables["Calibration"]["rows"] == 3
+    assert tables["Faithfulness: deletion and insertion"]["rows"] == 1 + 4
+    sanity = tables["Model-randomisation sanity check"]
+    assert sanity["rows"] == 1 + 4 and sanity["cols"] == 2 + 7 + 1 and sanity["width"] > 0
+    assert len(trust_images) == 5, trust_images
     assert config_visible
     # only the page itself was fetched: no network, no other file
     assert [u for u in requests if not u.startswith("data:")] == [page_path.as_uri()]
+
+
+def test_weight_update_images_of_a_relative_run_folder(tiny_run: Path, tmp_path: Path,
+                                                       copy_run, monkeypatch) -> None:
+    # Before: the images' paths got the run folder joined twice (runs/x/runs/x/...) when it
+    # was given relative, as `classlab report runs/<run>` does: the section had no images.
+    run = copy_run(tiny_run, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    md, html_path = build_report(Path(run.name))
+    text = md.read_text()
+    assert "![Update/weight ratio per layer and step](diagnose/dyn_update_ratio.png)" in text
+    assert "image missing" not in text.split("## Weight updates", 1)[1].split("\n## ", 1)[0]

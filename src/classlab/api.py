@@ -148,7 +148,9 @@ class Run:
 def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
              device: str | None = None) -> Run:
     """A finished (or interrupted) run folder as a :class:`Run`. ``data_dir`` and ``device``
-    are used when the model is loaded for evaluate/diagnose."""
+    are used when the model is loaded for evaluate/diagnose; without ``data_dir`` the data
+    is read from where the run folder's data.json says it was trained from (and must still
+    be the same files: a one-line DataError otherwise)."""
     return Run(run_dir, data_dir=data_dir, device=device)
 
 

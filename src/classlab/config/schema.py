@@ -25,7 +25,7 @@ NORMS = ("bn", "gn", "ln")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "linear", "none", "onecycle", "plateau", "step")
 AUGMENTATIONS = ("crop", "cutout", "flip", "rotate")
-CAMS = ("gradcam", "gradcampp", "layercam")
+CAMS = ("eigencam", "gradcam", "gradcampp", "hirescam", "layercam", "scorecam", "xgradcam")
 
 
 def _f(default: Any, help: str, **checks: Any) -> Any:
@@ -207,6 +207,10 @@ class TrainConfig:
                          "when evaluation, e.g. with TTA, is costly)", ge=0, unit="epochs")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)", ge=0)
     progress: bool = _f(True, "show a progress bar per epoch")
+    checkpoint_minutes: float = _f(10.0, "also write a mid-epoch checkpoint (midepoch.pt) "
+                                   "when this long has passed since the last checkpoint, so "
+                                   "a killed job loses at most this much (0: only at epoch "
+                                   "ends, and on SIGTERM / Ctrl-C)", ge=0.0, unit="minutes")
 
 
 @dataclass
@@ -223,10 +227,23 @@ class DiagnoseConfig:
     enabled: bool = _f(True, "run diagnostics and write the report at the end of training")
     layers: list[str] = _f(["layer1", "layer2", "layer3", "layer4"],
                            "model layers shown by the CAM grid")
-    method: str = _f("gradcam", "class-activation-map method", choices=CAMS)
+    method: str = _f("gradcam", "class-activation-map method; all = every method on the same "
+                     "images, compared in one figure with their faithfulness scores (the CAM "
+                     "grids then show gradcam)", choices=[*CAMS, "all"])
     count: int = _f(20, "misclassified images shown in the gallery and CAM grid", ge=1,
                     unit="images")
     target: str = _f("pred", "CAM target class", choices=["pred", "true"])
+    faithfulness_steps: int = _f(16, "deletion/insertion curves of the shown CAMs: each step "
+                                 "removes (or reveals) another 1/steps of the pixels, most "
+                                 "relevant first", ge=2, le=1024, unit="steps")
+    faithfulness_fill: str = _f("mean", "what removed pixels become in the deletion/insertion "
+                                "curves: mean = the training set's mean colour, blur = the "
+                                "image blurred (Gaussian, sigma = image side / 16 pixels)",
+                                choices=["blur", "mean"])
+    sanity_images: int = _f(10, "of the images shown, how many the model-randomisation check "
+                            "uses: their CAMs are recomputed after each re-initialisation step "
+                            "(score-cam costs one forward pass per image and channel)", ge=1,
+                            unit="images")
 
 
 @dataclass

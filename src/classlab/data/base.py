@@ -44,6 +44,12 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "classlab"
 
 
+# MD5s that read_checked computed in this process: absolute path -> (bytes, mtime_ns, md5).
+# The run folder's data record (classlab.data.record) reuses them instead of reading the
+# 180 MB of CIFAR-10 a second time; an entry counts only while size and mtime still match.
+VERIFIED: dict[str, tuple[int, int, str]] = {}
+
+
 def read_checked(path: Path, md5s: Mapping[str, str]) -> bytes:
     """The file's bytes, after checking its MD5 against ``md5s[path.name]``.
 
@@ -55,11 +61,14 @@ def read_checked(path: Path, md5s: Mapping[str, str]) -> bytes:
     if expected is None:
         raise DataError(f"{path}: no expected checksum known for this file name")
     try:
+        before = path.stat()  # taken before reading: a later change shows as a new mtime
         buf = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     if hashlib.md5(buf).hexdigest() != expected:
         raise DataError(f"{path}: checksum mismatch (file truncated or corrupted); {REDOWNLOAD}")
+    if before.st_size == len(buf):
+        VERIFIED[str(path.resolve())] = (len(buf), before.st_mtime_ns, expected)
     return buf
 
 

@@ -212,14 +212,16 @@ def _mosaic_figure(cells: list[list[tuple[np.ndarray, str]]], out: Path, *, titl
 
 
 def plot_mistakes(images: np.ndarray, titles: list[str], out: Path, per_row: int = 5,
-                  scale: int = 4) -> None:
+                  scale: int = 4,
+                  title: str = "Most confident mistakes: true → predicted (confidence)",
+                  empty: str = "no misclassified test images") -> None:
     """Gallery of uint8 [N,H,W,3] images, ``per_row`` per row, each titled."""
     if len(images) == 0:
-        _placeholder(out, "no misclassified test images")
+        _placeholder(out, empty)
         return
     tiles = [(_upscale(im, scale), t) for im, t in zip(images, titles, strict=True)]
     rows = [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
-    _mosaic_figure(rows, out, title="Most confident mistakes: true → predicted (confidence)")
+    _mosaic_figure(rows, out, title=title)
 
 
 def plot_cam_grid(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: list[str],
@@ -303,3 +305,181 @@ def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix (test set)")
     save_figure(fig, out)
+
+
+# --------------------------------------------------------------------------- trust
+
+_RANDOM = "0.45"  # the random-map baseline: grey, dashed
+
+
+def _method_colours(methods: list[str]) -> dict[str, str]:
+    """A fixed tab10 colour per method, by position in the list of methods."""
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
+def _verdict(row: dict) -> str:
+    """ins−del gain over the random map ± standard error, and whether it beats chance."""
+    gain, se = row.get("gain"), row.get("gain_se")
+    if gain is None or gain != gain:
+        return "n/a"
+    mark = "better than chance" if row.get("better_than_chance") else "not above chance"
+    return f"{gain:+.3f} ± {se:.3f}: {mark}" if se == se else f"{gain:+.3f}"
+
+
+def plot_faithfulness(curves: dict, rows: list[dict], layers: list[str], methods: list[str],
+                      titles: dict[str, str], fill: str, out: Path) -> None:
+    """Mean deletion (top row) and insertion (bottom row) curves per layer (columns): the
+    target-class probability against the fraction of pixels removed / revealed, most
+    relevant first, for every method and the layer's random map. ``curves``:
+    (method, layer) -> (deletion [S+1], insertion [S+1]); ``rows``: Faithfulness.rows()."""
+    by_key = {(r["method"], r["layer"]): r for r in rows}
+    colours = _method_colours(methods)
+    n = rows[0]["images"] if rows else 0
+    # Margins in inches, laid out by hand: constrained layout took ~0.4 s more per figure.
+    left, right, top, bottom, gap_w, gap_h, panel_h = 0.9, 0.2, 1.05, 0.55, 0.4, 0.85, 2.9
+    panel_w = 3.9 if len(layers) > 1 else 6.6 - left - right  # one: room for the title
+    width = left + right + len(layers) * panel_w + (len(layers) - 1) * gap_w
+    height = top + bottom + 2 * panel_h + gap_h
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height,
+                        bottom=bottom / height, wspace=gap_w / panel_w, hspace=gap_h / panel_h)
+    axes = fig.subplots(2, len(layers), squeeze=False, sharey=True)
+    for c, layer in enumerate(layers):
+        cells = next((r["cells"] for r in rows if r["layer"] == layer), None)
+        for r, (what, auc_key, rand_key) in enumerate((
+                ("deletion", "deletion_auc", "random_deletion_auc"),
+                ("insertion", "insertion_auc", "random_insertion_auc"))):
+            ax = axes[r, c]
+            rand_auc = None
+            for m in methods:
+                row = by_key.get((m, layer))
+                if row is None:
+                    continue
+                ys = np.asarray(curves[(m, layer)][r], dtype=np.float64)
+                xs = np.linspace(0, 1, len(ys))
+                ax.plot(xs, ys, color=colours[m], lw=1.6,
+                        label=f"{titles.get(m, m)}  {row[auc_key]:.3f}")
+                rand_auc = row[rand_key]
+            if ("random", layer) in curves:
+                ys = np.asarray(curves[("random", layer)][r], dtype=np.float64)
+                ax.plot(np.linspace(0, 1, len(ys)), ys, color=_RANDOM, ls="--", lw=1.4,
+                        label=f"random map  {rand_auc:.3f}" if rand_auc is not None
+                        else "random map")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(title="area under curve", fontsize=7.5, title_fontsize=7.5,
+                      loc="upper right" if what == "deletion" else "lower right")
+            ax.set_xlabel(f"fraction of pixels {'removed' if what == 'deletion' else 'revealed'}"
+                          " (most relevant first)", fontsize=9)
+            if c == 0:
+                better = "lower" if what == "deletion" else "higher"
+                ax.set_ylabel(f"{what}: p(target class)\n({better} area is better)")
+            if r == 0:
+                coarse = cells and min(cells) < 5  # see classlab.diagnose.trust.COARSE_CELLS
+                size = (f" ({cells[0]}x{cells[1]} cells{': coarse' if coarse else ''})"
+                        if cells else "")
+                head = f"{layer}{size}"
+                if len(methods) == 1 and (methods[0], layer) in by_key:
+                    head += f"\nins−del vs random: {_verdict(by_key[(methods[0], layer)])}"
+                ax.set_title(head, fontsize=10)
+    steps = len(next(iter(curves.values()))[0]) - 1 if curves else 0
+    fig.suptitle(f"Faithfulness on the {n} images shown\nremove (top) or reveal (bottom) "
+                 f"pixels in {steps} steps, fill: "
+                 f"{'dataset mean colour' if fill == 'mean' else 'blurred image'}",
+                 fontsize=11, y=1 - 0.12 / height, va="top")
+    save_figure(fig, out)
+
+
+def plot_sanity(rows: list[dict], layers: list[str], methods: list[str],
+                titles: dict[str, str], flag_rho: float, out: Path) -> None:
+    """Model-randomisation check: mean rank correlation with the trained model's maps after
+    each cascading re-initialisation step (x axis), the flag threshold dotted. One method:
+    one panel, a line per layer; several: a panel per layer, a line per method."""
+    by_key = {(r["method"], r["layer"]): r for r in rows}
+    steps = rows[0]["steps"] if rows else []
+    if len(methods) == 1:
+        panels = [(f"{titles.get(methods[0], methods[0])} at each layer",
+                   [((methods[0], layer), layer) for layer in layers])]
+        colours = _method_colours(layers)
+    else:
+        panels = [(layer, [((m, layer), titles.get(m, m)) for m in methods]) for layer in layers]
+        colours = _method_colours(methods)
+    ncols = min(len(panels), 2)  # two wide panels a row stay legible in the report
+    nrows = -(-len(panels) // ncols)
+    width = max(4.2, 0.5 * len(steps) + 1.8)
+    fig = Figure(figsize=(width * ncols + 0.8, 3.9 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    xs = np.arange(len(steps) + 1)
+    for ax, (head, lines) in zip(axes, panels):
+        for key, name in lines:
+            row = by_key.get(key)
+            if row is None:
+                continue
+            ys = [1.0] + [np.nan if v is None else v for v in row["rho"]]
+            flag = "  FLAGGED" if row["flagged"] else ""
+            ax.plot(xs, ys, marker="o", ms=3.5, lw=1.6,
+                    color=colours[key[1] if len(methods) == 1 else key[0]],
+                    label=f"{name}{flag}")
+        ax.axhline(flag_rho, color="tab:red", ls=":", lw=1.2,
+                   label=f"flag: ≥ {flag_rho:g} at the end")
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xticks(xs, ["trained"] + [f"+{s}" for s in steps], rotation=35, ha="right",
+                      fontsize=8)
+        ax.set_ylim(-0.5, 1.05)
+        ax.set_title(head, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="lower left", ncols=2 if len(lines) > 4 else 1)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for r in range(nrows):
+        axes[r * ncols].set_ylabel("rank correlation with the\ntrained model's maps (mean)")
+    fig.supxlabel("modules re-initialised, from the output end down (cumulative)", fontsize=9)
+    fig.suptitle("Model-randomisation sanity check (Adebayo et al. 2018):\na map that explains "
+                 "the model must change when its weights are random", fontsize=11)
+    save_figure(fig, out)
+
+
+def plot_sanity_maps(image: np.ndarray, trained: dict, first_maps: dict, keys: list,
+                     steps: list[str], labels: list[str], out: Path, scale: int = 3) -> None:
+    """One image's maps after each randomisation step: rows = (method, layer) ``keys``
+    (labelled ``labels``), columns = the image, the trained model's map, then each step.
+    ``trained`` [H,W] and ``first_maps`` [S,H,W] per key, numpy in [0,1]."""
+    rows = []
+    for key in keys:
+        cells = [(_upscale(image, scale), ""), (_overlay(image, trained[key], scale), "")]
+        cells += [(_overlay(image, m, scale), "") for m in first_maps[key]]
+        rows.append(cells)
+    _mosaic_figure(rows, out, title="The first image's maps as the model is re-initialised "
+                   "from the output end down", col_headers=["image", "trained",
+                                                            *[f"+{s}" for s in steps]],
+                   row_labels=labels, colorbar=True)
+
+
+def _strip(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """uint8 tiles [h,w,3] side by side, ``gap`` white pixels apart: one mosaic cell."""
+    h = tiles[0].shape[0]
+    white = np.full((h, gap, 3), 255, dtype=np.uint8)
+    parts = [p for t in tiles for p in (t, white)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def plot_cam_methods(images: np.ndarray, maps: dict, methods: list[str], layers: list[str],
+                     row_labels: list[str], scores: dict, col_headers: list[str], out: Path,
+                     scale: int = 2) -> None:
+    """Every method on the same images: rows = ``methods`` (labelled ``row_labels``), columns
+    = ``layers`` (headed ``col_headers``); each cell is the strip of the images' overlays,
+    titled with ``scores[(method, layer)]``. The first row holds the images themselves.
+    ``maps``: method -> layer -> [N,H,W] numpy in [0,1]."""
+    if len(images) == 0:
+        _placeholder(out, "no misclassified test images")
+        return
+    plain = _strip([_upscale(im, scale) for im in images])
+    rows = [[(plain, "") for _ in layers]]
+    rows += [[(_strip([_overlay(images[i], maps[m][layer][i], scale)
+                       for i in range(len(images))]), scores.get((m, layer), ""))
+              for layer in layers] for m in methods]
+    _mosaic_figure(rows, out, title=f"CAM methods on the same {len(images)} images; above each "
+                   "cell: insertion − deletion AUC minus the random map's, ± standard error",
+                   col_headers=col_headers, row_labels=["images", *row_labels], colorbar=True,
+                   title_size=8)

@@ -2,8 +2,9 @@
 model over the test set (or the outputs the last epoch of training saved).
 
 :func:`diagnose` reads as its steps: predict, then curves, mistakes, per-class and confusion,
-CAMs, and diagnose.json. Loading a run folder's checkpoint into a session is the run layer's
-(:func:`classlab.run.diagnosis.diagnose_run`).
+calibration, CAMs, the checks of the CAMs (faithfulness, randomisation sanity check, coarse
+maps; :mod:`classlab.diagnose.trust`), and diagnose.json. Loading a run folder's checkpoint
+into a session is the run layer's (:func:`classlab.run.diagnosis.diagnose_run`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import torch
 from torch import nn
 
 from classlab import config
-from classlab.diagnose.cams import CAMS, DiagnoseError, compute_cams, module_named, valid_layers
+from classlab.diagnose.cams import (
+    CAMS,
+    DiagnoseError,
+    check_layers,
+    compute_cams_by_method,
+    module_named,
+    valid_layers,
+)
 from classlab.diagnose.figures import (
     label,
     plot_cam_grid,
@@ -32,6 +40,13 @@ from classlab.diagnose.figures import (
     to_hwc,
 )
 from classlab.diagnose.tables import confusion_matrix, fmt, top_confused
+from classlab.diagnose.trust import (
+    calibration_step,
+    coarse_notes,
+    faithfulness_step,
+    methods_figure,
+    sanity_step,
+)
 from classlab.engine import Normalizer, evaluate
 from classlab.models import build_model
 from classlab.rundir import PREDICTION_FIELDS, RunFiles, write_json
@@ -65,24 +80,37 @@ class Predictions:
 @dataclass
 class Args:
     layers: list[str]
-    method: str
+    method: str  # a CAMS name, or "all"
     count: int
     target: str
+    image_hw: tuple[int, int] = (32, 32)  # the run's image size (pixels), for layer checks
+
+    @property
+    def methods(self) -> list[str]:
+        """The CAM methods to compute: every one for ``all``."""
+        return list(CAMS) if self.method == "all" else [self.method]
+
+    @property
+    def grid_method(self) -> str:
+        """The method of the CAM grids (gradcam when every method is computed)."""
+        return "gradcam" if self.method == "all" else self.method
 
 
 # --------------------------------------------------------------------------- arguments
 
 
 def check_args(model: nn.Module, a: Args) -> None:
-    """One-line DiagnoseError for the first bad argument (``model`` may be a skeleton)."""
-    if a.method not in CAMS:
+    """One-line DiagnoseError for the first bad argument (``model`` may be a skeleton on the
+    meta device: the layer sizes come from one forward pass of one blank image)."""
+    if a.method not in CAMS and a.method != "all":
         raise DiagnoseError(f"diagnose.method: unknown method {a.method!r}; allowed: "
-                            f"{', '.join(CAMS)}")
+                            f"{', '.join(CAMS)}, all")
     if not a.layers:
         raise DiagnoseError("diagnose.layers: no layer given; valid: "
                             f"{', '.join(valid_layers(model))}")
     for name in a.layers:
         module_named(model, name)
+    check_layers(model, a.layers, a.methods, a.image_hw)
     if not isinstance(a.count, int) or isinstance(a.count, bool) or a.count < 1:
         raise DiagnoseError(f"diagnose.count: {a.count!r} is out of range; must be ≥ 1")
     if a.target not in ("pred", "true"):
@@ -111,10 +139,13 @@ def resolve_args(cfg: Any, layers: list[str] | str | None, method: str | None,
         layers = cfg.diagnose.layers
     elif isinstance(layers, str):  # "layer1,layer4", as on the command line
         layers = [x for x in layers.split(",") if x]
+    # Every dataset but imagefolder is 32x32 (classlab.data); imagefolder's is configured.
+    side = cfg.data.image_size if cfg.data.name == "imagefolder" else 32
     return Args(list(dict.fromkeys(layers)),  # unique, in order
                 cfg.diagnose.method if method is None else method,
                 cfg.diagnose.count if count is None else count,
-                cfg.diagnose.target if target is None else target)
+                cfg.diagnose.target if target is None else target,
+                (side, side))
 
 
 # --------------------------------------------------------------------------- predictions
@@ -196,34 +227,53 @@ def _tables(p: Predictions, classes: list[str], files: RunFiles) -> tuple[list, 
     return per_class, pairs
 
 
+@dataclass
+class Shown:
+    """The CAMs of the shown images for the chosen target, kept for the checks."""
+
+    x: torch.Tensor  # [m,3,H,W] normalised images, on the run's device
+    targets: torch.Tensor  # [m] int64 class ids the maps explain
+    maps: dict[str, dict[str, torch.Tensor]]  # method -> layer -> [m,H,W] in [0,1]
+
+
 def _cams(s, model: nn.Module, p: Predictions, shown: torch.Tensor, a: Args,
-          files: RunFiles, images: np.ndarray, titles: list[str], classes: list[str]) -> None:
+          files: RunFiles, images: np.ndarray, titles: list[str], classes: list[str],
+          normalize: Any) -> Shown:
     """cam_mistakes.png (the shown images, chosen target, every layer) and
-    cam_pred_vs_true.png (the first <=10 again, both targets, last layer): one batch, one
-    forward and one backward pass."""
+    cam_pred_vs_true.png (the first <=10 again, both targets, last layer), both of
+    ``a.grid_method``: one batch, one forward pass and (for gradient methods) one backward
+    pass for every method of ``a.methods``."""
     x_u8 = s.data["test"][0]
-    m, m2, last = len(shown), min(len(shown), 10), a.layers[-1]
+    m, m2, last, grid_m = len(shown), min(len(shown), 10), a.layers[-1], a.grid_method
     grid: dict[str, np.ndarray] = {name: np.zeros((0,)) for name in a.layers}
     cam_pred = cam_true = np.zeros((0,))
+    kept = Shown(normalize(x_u8[:0]), torch.zeros(0, dtype=torch.long, device=x_u8.device),
+                 {meth: {} for meth in a.methods})
     if m:
         first, other = ((p.pred[shown], p.y[shown]) if a.target == "pred"
                         else (p.y[shown], p.pred[shown]))
         idx = torch.cat([shown, shown[:m2]]).to(x_u8.device)
-        maps = compute_cams(model, s.normalize(x_u8[idx]), a.layers, a.method,
-                            torch.cat([first, other[:m2]]).to(x_u8.device))
-        maps = {name: v.cpu().numpy() for name, v in maps.items()}  # [m+m2,H,W] each
-        grid = {name: v[:m] for name, v in maps.items()}
-        extra = maps[last][m:]  # [m2,H,W], the other target, last layer
+        x = normalize(x_u8[idx])
+        targets = torch.cat([first, other[:m2]]).to(x_u8.device)
+        maps = compute_cams_by_method(model, x, a.layers, a.methods, targets, amp=s.amp,
+                                      batch_size=s.cfg.train.eval_batch_size)
+        kept = Shown(x[:m], targets[:m],
+                     {meth: {name: v[:m] for name, v in per.items()}
+                      for meth, per in maps.items()})
+        shown_maps = {name: v.cpu().numpy() for name, v in maps[grid_m].items()}
+        grid = {name: v[:m] for name, v in shown_maps.items()}  # [m,H,W] each
+        extra = shown_maps[last][m:]  # [m2,H,W], the other target, last layer
         cam_pred, cam_true = ((grid[last][:m2], extra) if a.target == "pred"
                               else (extra, grid[last][:m2]))
     plot_cam_grid(images, grid, titles, files.cam_mistakes,
-                  f"{a.method} on the most confident mistakes (target: "
+                  f"{grid_m} on the most confident mistakes (target: "
                   f"{'predicted' if a.target == 'pred' else 'true'} class)")
     conf, p_true = p.conf, p.p_true
     plot_pred_vs_true(images[:m2], cam_pred, cam_true,
                       [(classes[int(p.y[i])], classes[int(p.pred[i])], float(conf[i]),
-                        float(p_true[i])) for i in shown[:m2]], last, a.method,
+                        float(p_true[i])) for i in shown[:m2]], last, grid_m,
                       files.cam_pred_vs_true)
+    return kept
 
 
 # --------------------------------------------------------------------------- the run
@@ -238,9 +288,12 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
     t_start, seconds = time.perf_counter(), dict(seconds or {})
     run_dir, files = Path(run_dir), RunFiles(run_dir)
     model, classes = eval_model(s), list(s.splits.classes)
-    files.diagnose.mkdir(exist_ok=True)
     if len(s.data["test"][0]) == 0:
         raise DiagnoseError(f"{run_dir}: the test split is empty")
+    # The layers' map sizes (h, w), checked on the real model before anything is written.
+    image_hw = tuple(s.data["test"][0].shape[-2:])
+    cells = check_layers(model, a.layers, a.methods, image_hw)
+    files.diagnose.mkdir(exist_ok=True)
     epoch = checkpoint_epoch if checkpoint_epoch is not None else _epochs_done(files)
 
     t = time.perf_counter()
@@ -265,30 +318,74 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
     seconds["confusion"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _cams(s, model, p, shown, a, files, images, titles, classes)
-    seconds["cams"] = time.perf_counter() - t
+    with _fast_cpu_layout(model, s) as normalize:
+        calibration = calibration_step(s, model, p.probs, p.y, normalize, files)
+        seconds["calibration"] = time.perf_counter() - t
 
+        t = time.perf_counter()
+        kept = _cams(s, model, p, shown, a, files, images, titles, classes, normalize)
+        seconds["cams"] = time.perf_counter() - t
+
+        checks = _check_cams(s, model, kept, a, cells, image_hw, images, files, seconds)
     seconds["total"] = time.perf_counter() - t_start + seconds.get("load", 0.0)
     result = _result(run_dir, epoch, p, shown, a, s.cfg.train.tta, classes, per_class, pairs,
                      seconds)
-    written = _written(files, has_curves)
+    result.update(calibration=calibration, **checks)
+    written = _written(files, has_curves, bool(len(shown)), a.method == "all")
     write_json(files.diagnose_json, _jsonable(
         {**result, "files": {k: files.rel(v) for k, v in written.items()}}))
     n = len(p.y)
     print(f"Diagnose: test acc {result['test_acc']:.2f}% ({p.correct}/{n}), {n - p.correct} "
           f"misclassified ({len(shown)} shown), {a.method} at {', '.join(a.layers)}; "
-          f"{seconds['total']:.1f}s -> {files.diagnose}", flush=True)
+          f"ECE {100 * calibration['ece']:.2f}%; {seconds['total']:.1f}s -> {files.diagnose}",
+          flush=True)
     return {**result, "dir": files.diagnose, "files": written}
 
 
-def _written(files: RunFiles, has_curves: bool) -> dict[str, Path]:
+def _check_cams(s, model: nn.Module, kept: Shown, a: Args, cells: dict[str, tuple[int, int]],
+               image_hw: tuple[int, int], images: np.ndarray, files: RunFiles,
+               seconds: dict[str, float]) -> dict:
+    """Faithfulness and the randomisation check of the shown CAMs (skipped, with a note, when
+    no image is shown), the coarse-map notes, and with every method the comparison figure."""
+    out: dict[str, Any] = {"methods": a.methods, "grid_method": a.grid_method,
+                           "layer_cells": {k: list(v) for k, v in cells.items()},
+                           "coarse": coarse_notes(cells, image_hw)}
+    if not len(kept.x):
+        note = "no misclassified test image: no CAM to check"
+        return {**out, "faithfulness": {"note": note, "rows": []},
+                "sanity": {"note": note, "rows": []}}
+    t = time.perf_counter()
+    out["faithfulness"] = faithfulness_step(s, model, kept.x, kept.targets, kept.maps, cells,
+                                            a.layers, a.methods, files)
+    seconds["faithfulness"] = time.perf_counter() - t
+    t = time.perf_counter()
+    out["sanity"] = sanity_step(s, model, kept.x, kept.targets, kept.maps, a.layers,
+                                a.methods, images[0], files)
+    seconds["sanity"] = time.perf_counter() - t
+    if a.method == "all":
+        t = time.perf_counter()
+        methods_figure(images, kept.maps, out["faithfulness"]["rows"], cells, a.layers,
+                       a.methods, files)
+        seconds["methods_figure"] = time.perf_counter() - t
+    return out
+
+
+def _written(files: RunFiles, has_curves: bool, checked: bool,
+             every_method: bool) -> dict[str, Path]:
     """What diagnose wrote, by the keys diagnose.json and the report use."""
     written = {"predictions": files.predictions, "curves": files.curves,
                "mistakes": files.mistakes, "per_class_csv": files.per_class_csv,
                "per_class": files.per_class, "confusion_csv": files.confusion_csv,
                "confusion": files.confusion, "confused_pairs": files.confused_pairs,
+               "reliability": files.reliability, "confidence_hist": files.confidence_hist,
                "cam_mistakes": files.cam_mistakes, "cam_pred_vs_true": files.cam_pred_vs_true,
                "json": files.diagnose_json}
+    if checked:  # CAMs were shown, so they were checked
+        written.update(faithfulness_csv=files.faithfulness_csv,
+                       faithfulness=files.faithfulness, sanity_csv=files.sanity_csv,
+                       sanity=files.sanity, sanity_maps=files.sanity_maps)
+        if every_method:
+            written["cam_methods"] = files.cam_methods
     if not has_curves:
         del written["curves"]
     return written

@@ -1,14 +1,22 @@
 """One epoch of training: the shuffled batches of the epoch through :func:`train_step`.
 
 Loss and accuracy are summed on the device and read back only when the progress bar
-refreshes, so a GPU is not synchronised on every step.
+refreshes (about once a second of wall time), so a GPU is not synchronised on every step.
+
+An epoch can start part-way (``start_step``, a run resumed from a mid-epoch checkpoint): its
+batches are drawn exactly as in an uninterrupted epoch, the augmentation of the steps already
+done is replayed (computed and dropped, so the generator reaches the same state), and the
+running sums continue from ``start_tally``. ``on_step`` is called after every step; the run
+layer uses it to checkpoint and to stop (it may raise).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,11 +35,36 @@ BatchSource = Callable[[list[torch.Tensor], torch.Generator], Iterator[torch.Ten
 AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
+# The bar's loss / LR / accuracy are read back (one GPU synchronisation) at most this often,
+# seconds of wall time; a refresh then waits at most this long plus one step.
+POSTFIX_SECONDS = 1.0
+
+
+@dataclass
+class Tally:
+    """The running sums of an epoch's training steps (over all processes once reduced)."""
+
+    loss_sum: float = 0.0  # sum of per-image cross-entropies (float64)
+    correct: int = 0  # images classified correctly
+    seen: int = 0  # images trained on
+
+
 @dataclass
 class EpochResult:
     loss: float  # mean per-sample cross-entropy over the epoch's (augmented) images
     acc: float  # percent correct, running over the epoch (the spec's "Training Accuracy")
     steps: int
+    tally: Tally = field(default_factory=Tally)  # the sums loss and acc come from
+
+
+@dataclass
+class StepInfo:
+    """What ``on_step`` learns after a step: ``step`` steps of ``steps`` are done."""
+
+    epoch: int
+    step: int
+    steps: int
+    tally: Callable[[], Tally]  # the sums so far, over all processes (every rank must call)
 
 
 class _Running:
@@ -39,10 +72,12 @@ class _Running:
     finiteness check of the step losses (every step on CPU, where it is free; every 25 steps
     on CUDA, one synchronisation each)."""
 
-    def __init__(self, device: torch.device, epoch: int, first_step: int) -> None:
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.correct = torch.zeros((), device=device, dtype=torch.int64)
-        self.seen = 0
+    def __init__(self, device: torch.device, epoch: int, first_step: int,
+                 start: Tally | None = None) -> None:
+        start = start or Tally()
+        self.loss_sum = torch.tensor(start.loss_sum, device=device, dtype=torch.float64)
+        self.correct = torch.tensor(start.correct, device=device, dtype=torch.int64)
+        self.seen = start.seen
         self.epoch, self.next_step = epoch, first_step
         self.check_every = 1 if device.type == "cpu" else 25
         self.pending: list[torch.Tensor] = []
@@ -67,17 +102,24 @@ class _Running:
         self.next_step += len(self.pending)
         self.pending = []
 
-    def result(self, dist: Dist, steps: int) -> EpochResult:
+    def tally(self, dist: Dist) -> Tally:
+        """The sums over all processes (a collective call under torchrun); pending finiteness
+        checks are done first, so a checkpoint never holds a step with a NaN loss."""
+        if self.pending:
+            self._check_finite()
         loss_sum, correct, seen = dist.sum(self.loss_sum, self.correct, torch.tensor(self.seen))
-        return EpochResult(loss_sum.item() / seen.item(), 100.0 * correct.item() / seen.item(),
-                           steps)
+        return Tally(float(loss_sum.item()), int(correct.item()), int(seen.item()))
+
+    def result(self, dist: Dist, steps: int) -> EpochResult:
+        t = self.tally(dist)
+        return EpochResult(t.loss_sum / t.seen, 100.0 * t.correct / t.seen, steps, t)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=True, dynamic_ncols=True,
-                file=sys.stderr, mininterval=0.5)
+                file=sys.stderr, mininterval=0.5, initial=initial)
 
 
 def _batches(x: torch.Tensor, batches: list[torch.Tensor], gen: torch.Generator, dist: Dist,
@@ -116,6 +158,10 @@ def train_one_epoch(
     dist: Dist = Dist(),
     progress: bool = True,
     batch_source: BatchSource | None = None,
+    start_step: int = 0,
+    start_tally: Tally | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    note: Callable[[], str] | None = None,
 ) -> EpochResult:
     """One pass over ``x`` (uint8 ``[N,3,H,W]`` on the device) in shuffled batches.
 
@@ -123,15 +169,20 @@ def train_one_epoch(
     of indices (this rank's shards) and ``gen``, it yields their augmented uint8 images, which
     replace ``augment_fn(normalize(x[idx]))`` by ``normalize(images)``; the batches, and so
     the shuffling, stay those of ``batch_indices``. A non-finite loss raises TrainingError
-    naming the epoch and step.
+    naming the epoch and step. ``global_step`` is the run's step index of the epoch's first
+    batch; ``start_step`` steps of it are already done (their sums in ``start_tally``, this
+    process's share). ``note()`` is appended to the progress bar (e.g. the run's ETA).
     """
     model.train()
     batches = batch_indices(len(x), batch_size, gen)
-    run = _Running(x.device, epoch, global_step)
-    bar = _progress(len(batches), f"Epoch {epoch}", progress)
+    run = _Running(x.device, epoch, global_step + start_step, start_tally)
+    stream = _batches(x, batches, gen, dist, normalize, augment_fn, batch_source)
+    for _ in itertools.islice(stream, start_step):  # replay: same generator state as before
+        pass
+    bar = _progress(len(batches), f"Epoch {epoch}", progress, initial=start_step)
+    shown = float("-inf")  # when the bar's numbers were last read back (time.monotonic)
     try:
-        for i, (idx, xb) in enumerate(_batches(x, batches, gen, dist, normalize, augment_fn,
-                                               batch_source)):
+        for i, (idx, xb) in enumerate(stream, start=start_step):
             yb = y[idx]
             loss, logits = train_step(
                 model, xb, yb, optimizer=optimizer, amp=amp, params=model.parameters(),
@@ -143,11 +194,23 @@ def train_one_epoch(
             last = i == len(batches) - 1
             run.add(loss, logits, yb, last)
             if progress:
-                bar.update(1)
-                if i % 10 == 0 or last:
-                    bar.set_postfix_str(f"loss={loss.item():.4f} lr={current_lr(optimizer):.5f} "
-                                        f"acc={100.0 * run.correct.item() / run.seen:.2f}",
-                                        refresh=False)
+                shown = _show(bar, shown, last, loss, optimizer, run, note)
+            if on_step is not None:
+                on_step(StepInfo(epoch, i + 1, len(batches), lambda: run.tally(dist)))
     finally:
         bar.close()
     return run.result(dist, len(batches))
+
+
+def _show(bar, shown: float, last: bool, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+          run: _Running, note: Callable[[], str] | None) -> float:
+    """Advance the bar; refresh its numbers when POSTFIX_SECONDS have passed (or at the end).
+    Returns when they were last refreshed."""
+    now = time.monotonic()
+    if last or now - shown >= POSTFIX_SECONDS:
+        text = (f"loss={loss.item():.4f} lr={current_lr(optimizer):.5f} "
+                f"acc={100.0 * run.correct.item() / run.seen:.2f}")
+        bar.set_postfix_str(f"{text} {note()}" if note is not None else text, refresh=False)
+        shown = now
+    bar.update(1)
+    return shown

@@ -9,7 +9,10 @@ NORM_NAMES = {"bn": "Batch Normalization", "ln": "Layer Normalization",
 NORM_SHORT = {"bn": "BatchNorm", "ln": "LayerNorm (GroupNorm, 1 group)", "gn": "GroupNorm"}
 SCHED_NAMES = {"onecycle": "OneCycleLR", "step": "StepLR", "plateau": "ReduceLROnPlateau",
                "cosine": "Cosine", "linear": "Linear", "none": "Constant"}
-CAM_NAMES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM"}
+# the same as classlab.diagnose.cams.CAMS[...].title (tests/test_cams_methods.py checks it)
+CAM_NAMES = {"eigencam": "Eigen-CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++",
+             "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+             "xgradcam": "XGrad-CAM", "all": "all methods"}
 
 
 def cam_name(method: str) -> str:

@@ -243,15 +243,17 @@ def _mistakes(f: RunFiles, diag: dict | None) -> list[Block]:
 
 
 def _cams(f: RunFiles, diag: dict | None) -> list[Block]:
-    method = cam_name(diag.get("method", "gradcam") if diag else "gradcam")
+    chosen = diag.get("method", "gradcam") if diag else "gradcam"
+    method = cam_name(chosen)
+    grid = cam_name(diag.get("grid_method", chosen) if diag else chosen)
     out: list[Block] = [H(2, f"Class activation maps ({method})")]
     if f.cam_mistakes.is_file():
         target = diag.get("target", "pred") if diag else "pred"
         layers = ", ".join(diag.get("layers", [])) if diag else ""
-        out.append(P(f"{method} of the same misclassified images at "
+        out.append(P(f"{grid} of the same misclassified images at "
                      f"{layers or 'several layers'}, for the "
                      f"{'predicted' if target == 'pred' else 'true'} class: red marks the "
-                     "regions that raised that class's logit most. Each map is scaled to "
+                     "regions that raised that class's score most. Each map is scaled to "
                      "[0, 1] per image."))
         out.append(Img("CAMs of the misclassified images per layer", f.cam_mistakes))
     else:
@@ -261,19 +263,156 @@ def _cams(f: RunFiles, diag: dict | None) -> list[Block]:
                      "should have predicted (last layer of the grid)."))
         out.append(Img("CAM for the predicted class versus the true class",
                        f.cam_pred_vs_true))
+    if chosen == "all" and f.cam_methods.is_file():
+        out.append(H(3, "Every method on the same images"))
+        out.append(P("Rows are the methods, columns the layers; above each cell its "
+                     "faithfulness score (insertion minus deletion area, minus the same for "
+                     "the layer's random map, ± its standard error over the images shown). "
+                     "Eigen-CAM ignores the target class."))
+        out.append(Img("Every CAM method at every layer on the same images", f.cam_methods))
+    return out
+
+
+def _calibration(f: RunFiles, diag: dict | None) -> list[Block]:
+    out: list[Block] = [H(2, "Calibration")]
+    cal = (diag or {}).get("calibration")
+    if not isinstance(cal, dict):
+        out.append(_missing(f, "The calibration of the test predictions"))
+        return out
+    n = cal.get("n")
+    out.append(P("Are the confidences honest? Among the test images predicted with "
+                 "confidence p, a fraction p should be right. The expected calibration error "
+                 "(ECE: top-label, 15 equal-width confidence bins) is the image-weighted mean "
+                 "gap between accuracy and confidence, the maximum calibration error (MCE) the "
+                 f"largest gap of a non-empty bin, on the {n:,} test images."
+                 if isinstance(n, int) else "Calibration of the test predictions."))
+    rows = [["as predicted", pct(100 * num(cal.get("ece"))), pct(100 * num(cal.get("mce"))),
+             "–"]]
+    t = cal.get("temperature")
+    if t is not None:
+        rows.append([f"after temperature scaling (fitted on {cal.get('val_images', '?'):,} "
+                     "validation images)", pct(100 * num(cal.get("ece_scaled"))),
+                     pct(100 * num(cal.get("mce_scaled"))), g(t)])
+    out.append(Table(["test predictions", "ECE", "MCE", "temperature T"], rows))
+    if t is None:
+        out.append(P("No validation split (`data.val_split` is 0): temperature scaling was "
+                     "skipped, since fitting it on the test set would make the scaled test "
+                     "numbers meaningless."))
+    else:
+        out.append(P(f"Temperature scaling divides every logit by T = {g(t)} (fitted to "
+                     "minimise the validation loss; T > 1 softens over-confident predictions, "
+                     "T < 1 sharpens under-confident ones) and never changes a prediction. The "
+                     "test set plays no part in fitting it."))
+    if f.reliability.is_file():
+        out.append(Img("Reliability diagram of the test set (before and after temperature "
+                       "scaling); the number above each bar is its bin's image count",
+                       f.reliability))
+    if f.confidence_hist.is_file():
+        out.append(Img("Top-label confidence of right and wrong test predictions",
+                       f.confidence_hist))
+    return out
+
+
+def _f3(v: object) -> str:
+    x = num(v)
+    return "–" if x != x else f"{x:.3f}"
+
+
+def _faithfulness(f: RunFiles, diag: dict) -> list[Block]:
+    out: list[Block] = [H(3, "Faithfulness: deletion and insertion")]
+    faith = diag.get("faithfulness") or {}
+    rows = faith.get("rows") or []
+    if not rows:
+        out.append(P(faith.get("note") or "No faithfulness scores in diagnose.json."))
+        return out
+    fill = "the dataset's mean colour" if faith.get("fill") == "mean" else "a blurred copy"
+    out.append(P(
+        f"On the {rows[0].get('images')} images shown, the pixels are removed (deletion) or "
+        f"revealed (insertion) most relevant first, 1/{faith.get('steps')} of them per step, "
+        f"filling with {fill}, and the probability of the map's target class is tracked "
+        "(Petsiuk et al. 2018). A faithful map makes it fall fast (small deletion area) and "
+        "rise fast (large insertion area). Each layer is compared with a random map of its "
+        "own coarseness: the gain is (insertion − deletion) minus the random map's, per "
+        "image, ± its standard error; it is better than chance when above twice that."))
+    out.append(Table(
+        ["method", "layer", "map", "deletion AUC (lower is better)",
+         "insertion AUC (higher is better)", "random map: deletion / insertion",
+         "gain over random", "better than chance"],
+        [[cam_name(r["method"]), r["layer"], "x".join(map(str, r.get("cells", []))),
+          _f3(r.get("deletion_auc")), _f3(r.get("insertion_auc")),
+          f"{_f3(r.get('random_deletion_auc'))} / {_f3(r.get('random_insertion_auc'))}",
+          f"{num(r.get('gain')):+.3f}\u00a0±\u00a0{_f3(r.get('gain_se'))}"  # one line
+          if num(r.get("gain")) == num(r.get("gain")) else "–",
+          "**yes**" if r.get("better_than_chance") else "no"] for r in rows],
+        "lllrrrrl"))
+    if f.faithfulness.is_file():
+        out.append(Img("Mean deletion and insertion curves per layer, against a random map",
+                       f.faithfulness))
+    return out
+
+
+def _sanity(f: RunFiles, diag: dict) -> list[Block]:
+    out: list[Block] = [H(3, "Model-randomisation sanity check")]
+    sanity = diag.get("sanity") or {}
+    rows = sanity.get("rows") or []
+    if not rows:
+        out.append(P(sanity.get("note") or "No sanity check in diagnose.json."))
+        return out
+    steps = sanity.get("steps") or rows[0].get("steps") or []
+    flag = sanity.get("flag_rho", 0.5)
+    out.append(P(
+        f"The model's parts are re-initialised one after the other from the output end "
+        f"down ({', '.join(steps)}; cumulative) and the maps of the first "
+        f"{sanity.get('images')} images shown are computed again for the same target "
+        "classes (Adebayo et al. 2018). The numbers are the mean Spearman rank correlation "
+        "with the trained model's maps after each step: a map that explains what the model "
+        f"learned must change. A map still correlated at {g(flag)} or more once every "
+        "weight is random is **flagged**: it does not depend on what the model learned."))
+    body = []
+    for r in rows:
+        rho = [_f3(v) if v is not None else "–" for v in r.get("rho", [])]
+        body.append([cam_name(r["method"]), r["layer"], *rho,
+                     "**flagged**" if r.get("flagged") else "no"])
+    out.append(Table(["method", "layer", *[f"+{s}" for s in steps], "flagged"], body,
+                     "ll" + "r" * len(steps) + "l"))
+    flagged = [f"{cam_name(r['method'])} at {r['layer']}" for r in rows if r.get("flagged")]
+    if flagged:
+        out.append(P(f"Flagged: {', '.join(flagged)}."))
+    if f.sanity.is_file():
+        out.append(Img("Rank correlation with the trained model's maps per randomisation step",
+                       f.sanity))
+    if f.sanity_maps.is_file():
+        out.append(Img("The first image's maps after each randomisation step", f.sanity_maps))
+    return out
+
+
+def _trust(f: RunFiles, diag: dict | None) -> list[Block]:
+    out: list[Block] = [H(2, "Can the CAMs be trusted?")]
+    if not diag or "faithfulness" not in diag:
+        out.append(_missing(f, "The faithfulness scores and the sanity check of the CAMs"))
+        return out
+    out += _faithfulness(f, diag) + _sanity(f, diag)
+    out.append(H(3, "Coarse maps"))
+    coarse = diag.get("coarse") or []
+    if coarse:
+        out.append(P("A map coarser than 5x5 cells is upsampled from a few numbers: it can "
+                     "say which part of the image mattered, not which object or edge. "
+                     + " ".join(f"{c['note']}." for c in coarse)))
+    else:
+        out.append(P("Every layer shown gives a map of at least 5x5 cells."))
     return out
 
 
 def _diagnose_blocks(f: RunFiles, diag: dict | None) -> list[Block]:
     made = (f.curves, f.per_class_csv, f.per_class, f.confusion, f.confused_pairs,
-            f.mistakes, f.cam_mistakes, f.cam_pred_vs_true)
+            f.mistakes, f.cam_mistakes, f.cam_pred_vs_true, f.reliability)
     if diag is None and not any(p.is_file() for p in made):
         return [H(2, "Diagnostics"),
-                P("Curves, per-class accuracy, confusion matrix, misclassified images and "
-                  f"Grad-CAM maps are not made yet; run {_diagnose_cmd(f.root)} to make "
+                P("Curves, per-class accuracy, confusion matrix, calibration, misclassified "
+                  f"images and CAMs are not made yet; run {_diagnose_cmd(f.root)} to make "
                   "them (it also rebuilds this report).")]
-    return (_curves(f) + _per_class(f) + _confusion(f) + _mistakes(f, diag)
-            + _cams(f, diag))
+    return (_curves(f) + _per_class(f) + _confusion(f) + _calibration(f, diag)
+            + _mistakes(f, diag) + _cams(f, diag) + _trust(f, diag))
 
 
 def _dynamics_blocks(run_dir: Path) -> list[Block]:
@@ -295,7 +434,8 @@ def _dynamics_blocks(run_dir: Path) -> list[Block]:
         lines = lines[1:]
     if "\n".join(lines).strip():
         out.append(Md("\n".join(lines).strip()))
-    out += [Img(caption, Path(path) if Path(path).is_absolute() else run_dir / path)
+    # report_section gives the paths under run_dir already (RunFiles), relative or not
+    out += [Img(caption, Path(path))
             for caption, path in images]
     return out
 
@@ -327,8 +467,9 @@ def blocks(run_dir: Path) -> list[Block]:
            + datetime.now().strftime("%Y-%m-%d %H:%M")),
     ]
     if diag is None:
-        head.append(P("Diagnostics (curves, per-class accuracy, confusion matrix, mistakes, "
-                       f"Grad-CAM) are missing: run {_diagnose_cmd(run_dir)} to make them."))
+        head.append(P("Diagnostics (curves, per-class accuracy, confusion matrix, calibration, "
+                       f"mistakes, CAMs) are missing: run {_diagnose_cmd(run_dir)} to make "
+                       "them."))
     return (head + _summary_blocks(summary, cfg) + _results_blocks(summary, diag)
             + _epoch_blocks(f) + _diagnose_blocks(f, diag) + _dynamics_blocks(run_dir)
             + _config_blocks(f))

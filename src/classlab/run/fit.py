@@ -3,6 +3,8 @@ metrics row, the checkpoint and the summary (rank 0 only, under torchrun).
 
 Written so that a run killed anywhere resumes bit-identically: the metrics row goes first,
 then the checkpoint; a resume drops rows newer than the checkpoint and recomputes them.
+SIGTERM / SIGINT stop after the current step with a mid-epoch checkpoint, and
+``train.checkpoint_minutes`` writes one periodically (:mod:`classlab.run.control`).
 """
 
 from __future__ import annotations
@@ -25,18 +27,32 @@ from classlab.engine import (
     train_one_epoch,
 )
 from classlab.optim import current_lr
+from classlab.run.control import Position, StepControl
+from classlab.run.pace import Pace
 from classlab.run.session import Session, checkpoint_state, torch_threads
+from classlab.run.signals import RunInterrupted, SignalTrigger, StopSignals
 from classlab.rundir import RunFiles, write_json
 from classlab.rundir.checkpoint import save_checkpoint, save_test_outputs
 from classlab.rundir.metrics import append_metrics, read_metrics
 from classlab.rundir.summary import environment, make_summary
 
 
+def _cpu_model() -> str:
+    """E.g. "AMD EPYC" (Linux names the model in /proc/cpuinfo; platform.processor() is often
+    empty there)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _device_name(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = threads or torch.get_num_threads()  # train.threads, else torch's default
-    return f"cpu ({platform.processor() or platform.machine()}, {threads} threads)"
+    return f"cpu ({_cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
 def update_best(best: dict, row: dict) -> dict:
@@ -53,7 +69,8 @@ def update_best(best: dict, row: dict) -> dict:
 
 
 def session_summary(s: Session, run_dir: Path, status: str, best: dict, last: dict | None,
-                    wall: float, error: str | None = None) -> dict:
+                    wall: float, error: str | None = None,
+                    interrupted: dict | None = None) -> dict:
     """summary.json of a built session (see :func:`classlab.rundir.summary.make_summary`)."""
     facts = {
         "device": _device_name(s.device, s.cfg.train.threads),
@@ -65,7 +82,7 @@ def session_summary(s: Session, run_dir: Path, status: str, best: dict, last: di
         "versions": environment(),
     }
     return make_summary(s.cfg, run_dir, status, error=error, params=s.params, best=best,
-                        last=last, wall=wall, facts=facts)
+                        last=last, wall=wall, facts=facts, interrupted=interrupted)
 
 
 def _print_epoch(row: dict, n: dict[str, int]) -> None:
@@ -81,36 +98,56 @@ def _print_epoch(row: dict, n: dict[str, int]) -> None:
 def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = None,
         wall_before: float = 0.0, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train epochs ``start_epoch+1 .. cfg.train.epochs``, writing metrics and checkpoints
-    (rank 0 only, under torchrun), with ``train.threads`` CPU threads.
+    (rank 0 only, under torchrun), with ``train.threads`` CPU threads. A session resumed from
+    a mid-epoch checkpoint (``s.position``) continues that epoch at its step.
 
     Returns the final summary. On a TrainingError the summary records it (status "failed")
-    and the error is re-raised; ``last.pt`` then still holds the last good epoch.
+    and the error is re-raised; ``last.pt`` then still holds the last good epoch. SIGTERM /
+    SIGINT raise :class:`~classlab.run.signals.RunInterrupted` after a checkpoint (status
+    "interrupted").
     """
-    with torch_threads(s.cfg.train.threads):
-        return _fit(s, run_dir, start_epoch, best, wall_before, on_epoch)
+    with torch_threads(s.cfg.train.threads), StopSignals() as stop:
+        return _fit(s, run_dir, start_epoch, best, wall_before, on_epoch, stop)
 
 
 def _fit(s: Session, run_dir: Path, start_epoch: int, best: dict | None, wall_before: float,
-         on_epoch: Callable[[dict], None] | None) -> dict:
+         on_epoch: Callable[[dict], None] | None, stop: StopSignals) -> dict:
     cfg, best, main, files = s.cfg, dict(best or {}), s.dist.main, RunFiles(run_dir)
+    position, s.position = s.position, None  # consumed here: one resume
     t0 = time.time() - wall_before
     dyn = (DynamicsLogger(s.model, files.dynamics, cfg.log.dynamics_every)
            if cfg.log.dynamics_every > 0 and main else None)
+    pace = Pace(s, _device_name(s.device, cfg.train.threads), main=main,
+                fresh=start_epoch == 0 and position is None, data_root=s.data_root)
+    control = StepControl(s, files, stop, pace, dyn.flush if dyn is not None else lambda: None)
+    control.best = best
     last, saved = None, start_epoch  # saved: the epoch last.pt holds
     try:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-            row, test_eval = train_and_evaluate(s, epoch, dyn)
+            row, test_eval = train_and_evaluate(s, epoch, dyn, control, position)
             # Only train/val metrics reach the scheduler: the test set drives no decision.
             s.stepper.after_epoch({k: row[k] for k in ("train_loss", "val_loss", "val_acc")})
             best, last = update_best(best, row), row
             if main:
-                _record_epoch(s, files, row, best, dyn, test_eval, time.time() - t0)
+                _record_epoch(s, files, row, best, dyn, test_eval, time.time() - t0,
+                              control.trigger)
                 saved = epoch
+            control.best = best
+            control.epoch_saved()
+            pace.epoch_done(row["seconds"], full=position is None)
+            position = None
             if on_epoch is not None:
                 on_epoch(row)
+            control.at_boundary(epoch)
     except TrainingError as e:
         if main:
-            _record_failure(s, files, best, saved, time.time() - t0, str(e))
+            _record_stop(s, files, best, saved, time.time() - t0, str(e))
+        raise
+    except RunInterrupted as e:
+        if main:
+            _record_stop(s, files, best, saved, time.time() - t0, None, e.record)
+        if s.dist.world > 1:
+            torch.distributed.barrier()  # rank 0's files are complete before any rank exits
         raise
     finally:
         if dyn is not None:
@@ -124,12 +161,16 @@ def _fit(s: Session, run_dir: Path, start_epoch: int, best: dict | None, wall_be
     return summary
 
 
-def _record_failure(s: Session, files: RunFiles, best: dict, saved: int, wall: float,
-                    error: str) -> None:
+def _record_stop(s: Session, files: RunFiles, best: dict, saved: int, wall: float,
+                    error: str | None, interrupted: dict | None = None) -> None:
+    """summary.json of a run that stopped: "failed" with ``error``, or "interrupted" with
+    where and why (``interrupted``); metrics rows after last.pt's epoch do not count."""
     rows = [r for r in read_metrics(files.metrics) if r["epoch"] <= saved]
+    status = "failed" if interrupted is None else "interrupted"
     with contextlib.suppress(OSError):  # best effort: the disk may be the problem
-        write_json(files.summary, session_summary(s, files.root, "failed", best,
-                                                  rows[-1] if rows else None, wall, error))
+        write_json(files.summary, session_summary(s, files.root, status, best,
+                                                  rows[-1] if rows else None, wall, error,
+                                                  interrupted))
 
 
 def _epoch_batches(s: Session, epoch: int):
@@ -157,13 +198,20 @@ def _evaluate_epoch(s: Session, epoch: int) -> dict[str, EvalResult]:
             for k in ("val", "test")}
 
 
-def train_and_evaluate(s: Session, epoch: int,
-                       dyn: DynamicsLogger | None) -> tuple[dict, EvalResult]:
-    """One epoch of training, then val and test evaluation: the epoch's metrics row, and the
-    test evaluation."""
-    cfg, te = s.cfg, time.time()
-    lr = current_lr(s.optimizer)
+def train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None,
+                       control: StepControl,
+                       position: Position | None = None) -> tuple[dict, EvalResult]:
+    """One epoch of training (from ``position`` when it continues an interrupted one), then
+    val and test evaluation: the epoch's metrics row, and the test evaluation."""
+    cfg = s.cfg
+    if position is not None and position.epoch != epoch:
+        position = None
+    before = position.seconds if position is not None else 0.0  # the epoch's time so far
+    lr = position.lr if position is not None else current_lr(s.optimizer)
+    control.begin_epoch(epoch, lr, before)
+    te = time.time() - before
     x_train, y_train, aug = _epoch_batches(s, epoch)
+    progress = cfg.train.progress and s.dist.main
     tr = train_one_epoch(
         s.net, x_train, y_train, optimizer=s.optimizer, stepper=s.stepper,
         normalize=s.normalize, augment_fn=aug,
@@ -171,9 +219,13 @@ def train_and_evaluate(s: Session, epoch: int,
         batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
         global_step=(epoch - 1) * s.steps_per_epoch,
         label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
-        dynamics=dyn, ema=s.ema, dist=s.dist, progress=cfg.train.progress and s.dist.main,
-        batch_source=s.batch_source)
-    ev = _evaluate_epoch(s, epoch)
+        dynamics=dyn, ema=s.ema, dist=s.dist, progress=progress,
+        batch_source=s.batch_source,
+        start_step=position.step if position is not None else 0,
+        # the sums are global: one rank carries them, the others start from zero
+        start_tally=position.tally if position is not None and s.dist.main else None,
+        on_step=control, note=control.pace.note if progress else None)
+    ev = control.evaluate(lambda: _evaluate_epoch(s, epoch), tr.tally, tr.steps)
     return {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
             "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,
             "test_loss": ev["test"].loss, "test_acc": ev["test"].acc,
@@ -181,15 +233,19 @@ def train_and_evaluate(s: Session, epoch: int,
 
 
 def _record_epoch(s: Session, files: RunFiles, row: dict, best: dict,
-                  dyn: DynamicsLogger | None, test_eval: EvalResult, wall: float) -> None:
+                  dyn: DynamicsLogger | None, test_eval: EvalResult, wall: float,
+                  trigger: SignalTrigger | None = None) -> None:
     """The metrics row first, then the checkpoint. A crash in between leaves a row newer than
     the checkpoint; resume drops it and recomputes that epoch (identically), so no row is ever
-    lost or duplicated. A failed write (disk full, quota, folder gone) is one line."""
+    lost or duplicated. A failed write (disk full, quota, folder gone) is one line. A signal
+    arriving meanwhile is only noted: the writes finish, then the run stops."""
     epoch = row["epoch"]
     try:
         if dyn is not None:
             dyn.flush()
         append_metrics(files.metrics, row)
+        if trigger is not None:
+            trigger.fire(epoch, "write")  # test-only: a signal as the checkpoint is written
         save_checkpoint(files.checkpoint, checkpoint_state(s, epoch, best))
         _print_epoch(row, {k: len(v[0]) for k, v in s.data.items()})
         write_json(files.summary, session_summary(s, files.root, "running", best, row, wall))

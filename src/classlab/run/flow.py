@@ -68,11 +68,17 @@ def _config_of(run_dir: Path) -> Config:
 
 
 def _announce(s: Session, run_dir: Path, epoch: int) -> None:
-    if epoch:
+    pos = s.position
+    if pos is not None:
+        print(f"Resuming {run_dir} at epoch {pos.epoch}, step {pos.step} of {pos.steps}",
+              flush=True)
+    elif epoch:
         print(f"Resuming {run_dir} after epoch {epoch}", flush=True)
     print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
           f"{s.params:,} params, device {s.device}, precision {s.amp.precision}"
           + (f", {s.dist.world} processes" if s.dist.world > 1 else ""), flush=True)
+    if s.cfg.data.name != "synthetic":
+        print(f"Data: {s.cfg.data.name} from {s.data_root}", flush=True)
 
 
 def _print_final(summary: dict) -> None:
@@ -93,6 +99,9 @@ def diagnose_and_report(run_dir: Path, **kw) -> tuple[Path, Path]:
     from classlab.report import build_report
     from classlab.run.diagnosis import diagnose_run
 
+    # Absolute: the report's weight-update section joins its image paths to run_dir a second
+    # time when run_dir is relative (runs/x -> runs/x/runs/x/...), losing its images.
+    run_dir = Path(run_dir).absolute()
     diagnose_run(run_dir, **kw)
     md, html = build_report(run_dir)
     print(f"Report: {md} and {html}", flush=True)

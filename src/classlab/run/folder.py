@@ -8,8 +8,10 @@ import torch
 
 from classlab import config
 from classlab.config import Config
+from classlab.data.record import make_record, resolve_root
+from classlab.run.control import Position
 from classlab.run.fit import session_summary
-from classlab.run.session import Session, build_session, restore
+from classlab.run.session import Session, build_run_session, build_session, restore
 from classlab.rundir import (
     DYNAMICS_FIELDS,
     METRIC_FIELDS,
@@ -19,19 +21,23 @@ from classlab.rundir import (
     make_run_dir,
     write_json,
 )
-from classlab.rundir.checkpoint import load_checkpoint
+from classlab.rundir.checkpoint import CheckpointError, load_checkpoint
 from classlab.rundir.metrics import read_metrics, truncate_csv
 
 
 def start_run(cfg: Config, out: Path, data_root: Path | None = None) -> tuple[Session, Path]:
     """Build the session (all checks that can fail happen here), then create the run folder
-    ``out/<name>-<timestamp>`` with its config.yaml and a "running" summary."""
-    s = build_session(cfg, data_root)
+    ``out/<name>-<timestamp>`` with its config.yaml, data.json (where the data came from,
+    and its files' MD5s) and a "running" summary."""
+    root = resolve_root(cfg.data, data_root)
+    s = build_session(cfg, root)
     run_dir = None
     if s.dist.main:
+        record = make_record(cfg.data, root)  # before the folder: a failure leaves nothing
         run_dir = make_run_dir(out, cfg.name)
         files = RunFiles(run_dir)
         atomic_write_text(files.config, config.dump(cfg))
+        write_json(files.data_record, record)
         write_json(files.summary, session_summary(s, run_dir, "running", {}, None, 0.0))
     if s.dist.world > 1:  # every rank learns rank 0's folder name
         box = [str(run_dir) if run_dir else None]
@@ -42,25 +48,70 @@ def start_run(cfg: Config, out: Path, data_root: Path | None = None) -> tuple[Se
 
 def resume_run(run_dir: Path, data_root: Path | None = None) -> tuple[Session, int, dict, float]:
     """Rebuild the session of ``run_dir`` from its config.yaml and last.pt (from scratch when
-    there is no last.pt yet), and drop any metrics/dynamics rows written after that
-    checkpoint. Returns (session, last finished epoch, best-so-far, wall seconds so far)."""
+    there is no last.pt yet), or from midepoch.pt when that one is further, and drop any
+    metrics/dynamics rows written after that checkpoint. The data comes from ``data_root``,
+    else from where data.json says (see :func:`~classlab.run.session.build_run_session`).
+
+    Returns (session, last finished epoch, best-so-far, wall seconds so far); a mid-epoch
+    checkpoint's position is left in ``session.position`` for :func:`~classlab.run.fit.fit`.
+    """
     files = RunFiles(run_dir)
     if not files.config.is_file():
         raise RunDirError(f"{run_dir}: not a run folder (no config.yaml)")
     cfg = config.load(files.config)
     state = load_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
-    s = build_session(cfg, data_root)
+    mid = _midepoch(files, state)
+    # re-recorded: a run from before data.json, a prepared grid point, or data found (and
+    # checked) at a new place, so that the next command finds it without --data-dir
+    record_now = data_root is not None or not files.data_record.exists()
+    s = build_run_session(run_dir, cfg, data_root)
+    position = _position(files, mid, s.steps_per_epoch) if mid is not None else None
+    state = mid if position is not None else state
     epoch, best = restore(s, state) if state is not None else (0, {})
+    done_steps = epoch * s.steps_per_epoch + (position.step if position else 0)
     if s.dist.main:
-        _drop_after(files, epoch, epoch * s.steps_per_epoch)
-    wall = sum(r["seconds"] for r in read_metrics(files.metrics)) if epoch else 0.0
-    return s, epoch, best, wall
+        _drop_after(files, epoch, done_steps, keep_midepoch=position is not None)
+        if record_now:
+            write_json(files.data_record, make_record(cfg.data, s.data_root))
+    rows = read_metrics(files.metrics) if epoch else []
+    s.position = position
+    return s, epoch, best, sum(r["seconds"] for r in rows) + (position.seconds if position else 0)
 
 
-def _drop_after(files: RunFiles, epoch: int, steps: int) -> None:
-    """Remove what a killed process wrote after the checkpoint of ``epoch``: half-written
-    temporary files, metrics rows of later epochs, dynamics rows of later steps."""
+def _midepoch(files: RunFiles, last: dict | None) -> dict | None:
+    """midepoch.pt when it continues the epoch after last.pt's; None when absent or stale
+    (a stale one is older than last.pt: a process died between writing last.pt and removing
+    it)."""
+    if not files.midepoch.exists():
+        return None
+    try:
+        mid = load_checkpoint(files.midepoch)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; delete it to resume from last.pt instead") from None
+    done = int(last["epoch"]) if last is not None else 0
+    return mid if isinstance(mid.get("position"), dict) and mid["epoch"] >= done else None
+
+
+def _position(files: RunFiles, mid: dict, steps: int) -> Position:
+    try:
+        pos = Position.from_state(mid["position"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{files.midepoch}: no valid position in it; delete it to "
+                              "resume from last.pt instead") from None
+    if pos.epoch != mid["epoch"] + 1 or pos.steps != steps or not 0 < pos.step <= steps:
+        raise CheckpointError(f"{files.midepoch}: position (epoch {pos.epoch}, step "
+                              f"{pos.step} of {pos.steps}) does not fit this run ({steps} steps "
+                              "per epoch); delete it to resume from last.pt instead")
+    return pos
+
+
+def _drop_after(files: RunFiles, epoch: int, steps: int, keep_midepoch: bool = False) -> None:
+    """Remove what a killed process wrote after the checkpoint resumed from (``epoch``
+    finished, ``steps`` steps in all): half-written temporary files, metrics rows of later
+    epochs, dynamics rows of later steps, and a stale midepoch.pt."""
     for tmp in files.root.glob(".*.tmp"):  # a write killed half-way (SIGKILL, power cut)
         tmp.unlink(missing_ok=True)
+    if not keep_midepoch:
+        files.midepoch.unlink(missing_ok=True)
     truncate_csv(files.metrics, lambda r: int(r["epoch"]) <= epoch, METRIC_FIELDS)
     truncate_csv(files.dynamics, lambda r: int(r["step"]) < steps, DYNAMICS_FIELDS)

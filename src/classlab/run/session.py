@@ -18,6 +18,7 @@ from torch import nn
 from classlab import config
 from classlab.config import Config
 from classlab.data import Splits, load_splits
+from classlab.data.record import check_record
 from classlab.engine import (
     Amp,
     Dist,
@@ -34,7 +35,7 @@ from classlab.engine import (
 from classlab.engine.epoch import BatchSource
 from classlab.models import build_model, count_params
 from classlab.optim import Lookahead, Stepper, build_optimizer, build_scheduler
-from classlab.rundir import RunFiles
+from classlab.rundir import RunDirError, RunFiles, read_json
 from classlab.rundir.checkpoint import load_checkpoint
 
 
@@ -73,6 +74,8 @@ class Session:
     dist: Dist = field(default_factory=Dist)
     batch_source: BatchSource | None = None  # aug.backend=albumentations (augment.albu)
     lookahead: Lookahead | None = None  # optim.lookahead_every > 0; a post-step hook
+    data_root: Path | None = None  # the folder the data was loaded from
+    position: object | None = None  # a run.control.Position: where fit() continues an epoch
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -133,7 +136,8 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None) -> Sessio
                              workers=cfg.aug.workers, rank=dist.rank,
                              pin_memory=device.type == "cuda")
     return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, data,
-                   params, steps, ema, net, dist, batch_source=source, lookahead=lookahead)
+                   params, steps, ema, net, dist, batch_source=source, lookahead=lookahead,
+                   data_root=data_root)
 
 
 def _wrap(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn.Module:
@@ -185,15 +189,42 @@ def restore(s: Session, state: dict) -> tuple[int, dict]:
     return int(state["epoch"]), dict(state["best"])
 
 
+def read_data_record(files: RunFiles) -> dict | None:
+    """The run folder's data.json (None for a run from before it was written)."""
+    if not files.data_record.exists():
+        return None
+    try:
+        record = read_json(files.data_record)
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{files.data_record}: unreadable ({e}); delete it and pass "
+                          "--data-dir") from None
+    entries = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()) \
+            or (entries and not isinstance(record.get("path"), str)):
+        raise RunDirError(f"{files.data_record}: not a data record; delete it and pass "
+                          "--data-dir")
+    return record
+
+
+def build_run_session(run_dir: Path, cfg: Config, data_root: Path | None = None) -> Session:
+    """:func:`build_session` for an existing run folder: the data comes from ``data_root``
+    when given, else from where the run's data.json says; either way its files must be the
+    ones recorded there (a one-line DataError otherwise, before anything is loaded)."""
+    files = RunFiles(run_dir)
+    root = check_record(read_data_record(files), cfg.data, data_root, str(files.data_record))
+    return build_session(cfg, root)
+
+
 def session_from_run(run_dir: Path, data_root: Path | None = None,
                      device: str | None = None) -> tuple[Session, dict]:
-    """A session whose model holds ``run_dir/last.pt`` (for eval and diagnose)."""
+    """A session whose model holds ``run_dir/last.pt`` (for eval and diagnose); the data as
+    in :func:`build_run_session`."""
     run_dir = Path(run_dir)
     state = load_checkpoint(RunFiles(run_dir).checkpoint)
     cfg = config.from_dict(state["config"])
     if device is not None:
         cfg.train.device = device
-    s = build_session(cfg, data_root)
+    s = build_run_session(run_dir, cfg, data_root)
     # The reported metrics came from the EMA weights when EMA was on: evaluate those.
     s.model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     s.ema = None

@@ -4,7 +4,8 @@ Writers and readers alike (training, diagnose, report, grid, the notebook API) r
 through :class:`RunFiles` / :class:`GridFiles`, never through a string of their own::
 
     runs/<name>-<YYYYmmdd-HHMMSS>/
-        config.yaml  metrics.csv  dynamics.csv  summary.json  last.pt  test_outputs.pt
+        config.yaml  data.json  metrics.csv  dynamics.csv  summary.json  last.pt
+        midepoch.pt  test_outputs.pt
         predictions.csv  report.md  report.html  train.log  tensorboard/
         diagnose/  curves.png mistakes.png per_class.{csv,png} confusion.{csv,png}
                    confused_pairs.csv cam_mistakes.png cam_pred_vs_true.png
@@ -35,6 +36,10 @@ class RunFiles:
         self.dynamics = r / "dynamics.csv"  # DYNAMICS_FIELDS
         self.summary = r / "summary.json"  # status, final and best accuracies, versions
         self.checkpoint = r / "last.pt"  # model, optimizer, scheduler, RNG, epoch, config
+        # last.pt's state plus the position inside the next epoch (stopped or periodic);
+        # stale, and removed, once that epoch's last.pt is written
+        self.midepoch = r / "midepoch.pt"
+        self.data_record = r / "data.json"  # where the data was, and its files' MD5s
         self.test_outputs = r / "test_outputs.pt"  # per-image test probs/losses, last epoch
         self.predictions = r / "predictions.csv"  # PREDICTION_FIELDS
         self.report_md = r / "report.md"
@@ -52,6 +57,14 @@ class RunFiles:
         self.confused_pairs = d / "confused_pairs.csv"
         self.cam_mistakes = d / "cam_mistakes.png"
         self.cam_pred_vs_true = d / "cam_pred_vs_true.png"
+        self.cam_methods = d / "cam_methods.png"  # --method all: every method compared
+        self.reliability = d / "reliability.png"  # calibration: reliability diagram
+        self.confidence_hist = d / "confidence_hist.png"  # confidence of right / wrong
+        self.faithfulness_csv = d / "faithfulness.csv"  # deletion/insertion AUC per map
+        self.faithfulness = d / "faithfulness.png"  # the mean deletion/insertion curves
+        self.sanity_csv = d / "sanity.csv"  # randomisation check: rank correlation per step
+        self.sanity = d / "sanity.png"
+        self.sanity_maps = d / "sanity_maps.png"  # one image's maps after each step
         self.dyn_update_ratio = d / "dyn_update_ratio.png"
         self.dyn_grad_norms = d / "dyn_grad_norms.png"
         self.dyn_lr = d / "dyn_lr.png"

@@ -1,9 +1,10 @@
 """summary.json: what a run is and how far it got, in one schema for every writer.
 
-Written at the start of a run ("running"), after every epoch, at the end ("finished") and
-when a run fails ("failed" plus a one-line ``error``); read by ``classlab table``, the
-report and the notebook API. A killed run still says "running", so only
-:func:`is_finished` (status *and* all epochs done) means finished.
+Written at the start of a run ("running"), after every epoch, at the end ("finished"),
+when a run fails ("failed" plus a one-line ``error``) and when SIGTERM / SIGINT stopped it
+("interrupted" plus ``interrupted``: the signal, epoch and step); read by ``classlab table``,
+``classlab runs``, the report and the notebook API. A killed run still says "running", so
+only :func:`is_finished` (status *and* all epochs done) means finished.
 """
 
 from __future__ import annotations
@@ -35,15 +36,19 @@ def environment() -> dict:
 def make_summary(cfg: Config, run_dir: Path, status: str, *, error: str | None = None,
                  params: int | None = None, best: dict | None = None,
                  last: dict | None = None, wall: float | None = None,
-                 facts: dict[str, Any] | None = None) -> dict:
+                 facts: dict[str, Any] | None = None,
+                 interrupted: dict | None = None) -> dict:
     """The summary of a run of ``cfg``. ``last``: its last finished metrics row; ``best``:
     the best-by-validation record; ``facts``: what only a built run knows (device,
-    precision, image counts, classes, versions), absent for a run that never started."""
+    precision, image counts, classes, versions), absent for a run that never started;
+    ``interrupted``: why and where a signal stopped it ({"signal", "epoch", "step",
+    "steps"}; step None: after that epoch)."""
     return {
         "name": cfg.name,
         "run_dir": str(run_dir),
         "status": status,
         "error": error,
+        "interrupted": interrupted,
         "model": cfg.model.name,
         "norm": cfg.model.norm,
         "optimizer": cfg.optim.name,

@@ -1,0 +1,85 @@
+"""``classlab runs [DIR]``: the run folders under DIR (and the points of grid folders there),
+newest first, one line each, read from their summary.json and metrics.csv (no torch)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from classlab import config
+from classlab.config import ConfigError
+from classlab.rundir.layout import GridFiles, RunFiles
+from classlab.rundir.metrics import read_metrics
+from classlab.rundir.summary import is_finished, read_summary
+
+HEADER = ["run", "status", "epochs", "final test", "best by val", "wall"]
+
+
+def run_folders(root: Path) -> list[Path]:
+    """Folders under ``root`` holding a config.yaml (a run, or a prepared grid point), one
+    level down and inside grid folders, newest first (by when config.yaml was written)."""
+    root = Path(root)
+    found = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if RunFiles(d).config.is_file():
+            found.append(d)
+        elif GridFiles(d).grid.is_file():
+            found += [p for p in sorted(d.iterdir()) if RunFiles(p).config.is_file()]
+    return sorted(found, key=lambda p: RunFiles(p).config.stat().st_mtime, reverse=True)
+
+
+def _status(summary: dict | None) -> str:
+    if not summary:
+        return "not started"
+    if is_finished(summary):
+        return "finished"
+    status = summary.get("status")
+    if status == "interrupted":
+        how = summary.get("interrupted") or {}
+        return f"stopped ({how.get('signal', '?')})"
+    # "running" is also what a killed run's summary still says: the file cannot tell
+    return "failed" if status == "failed" else "unfinished"
+
+
+def _pct(value: object) -> str:
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    return f"{value:.2f}%" if ok else "-"
+
+
+def _wall(seconds: object) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _configured_epochs(files: RunFiles) -> int | str:
+    try:
+        return config.load(files.config).train.epochs
+    except (ConfigError, OSError):
+        return "?"
+
+
+def describe(run_dir: Path) -> list[str]:
+    """One row of :data:`HEADER` for ``run_dir``."""
+    files = RunFiles(run_dir)
+    s = read_summary(files.summary) or {}
+    done = s.get("epochs_done")
+    if done is None:  # no summary: count the metrics rows
+        done = len(read_metrics(files.metrics))
+    epochs = s.get("epochs") or _configured_epochs(files)
+    best = s.get("best_by_val") or {}
+    best_text = "-"
+    if best.get("by") == "val_acc":
+        best_text = f"val {_pct(best.get('val_acc'))} @ {best.get('epoch')} " \
+                    f"(test {_pct(best.get('test_acc'))})"
+    return [str(run_dir), _status(s), f"{done}/{epochs}",
+            _pct((s.get("final") or {}).get("test_acc")), best_text,
+            _wall(s.get("wall_seconds"))]
+
+
+def format_table(rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, the header first."""
+    table = [HEADER, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
