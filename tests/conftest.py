@@ -61,3 +61,64 @@ def tiny_diagnosed(tiny_run: _Path, tmp_path_factory: _pytest.TempPathFactory) -
 
     run_dir = _copy_run(tiny_run, tmp_path_factory.mktemp("tiny_diagnosed"))
     return run_dir, diagnose_run(run_dir)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+@_pytest.fixture(scope="module")
+def one_thread():
+    """Width-4 nets run fastest on one thread, and two OpenMP threads stall badly when the
+    CPU is shared with other processes (use with ``pytestmark = usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@_pytest.fixture(scope="module")
+def net():
+    """A width-4 resnet18 with random weights and non-trivial BatchNorm statistics, in eval."""
+    import torch
+    from torch import nn
+
+    from classlab.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10, norm_layer=nn.BatchNorm2d, width=4)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def count_hooks(model) -> int:
+    """Forward/backward hooks left on any of ``model``'s modules (imported by test files:
+    ``from conftest import count_hooks``)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+def fake_cifar_bin(root):
+    """A cifar-10-batches-bin folder under ``root`` with 20 random records per batch; returns
+    its MD5 table (to monkeypatch over classlab.data.cifar.CIFAR10_BIN_MD5S)."""
+    import hashlib
+
+    import numpy as np
+
+    from classlab.data import cifar
+
+    folder = _Path(root) / cifar.BIN_FOLDER
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    md5s = {}
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        rec = rng.integers(0, 256, size=(20, 3073), dtype=np.uint8)
+        rec[:, 0] = np.arange(20) % 10
+        (folder / f"{name}.bin").write_bytes(rec.tobytes())
+        md5s[f"{name}.bin"] = hashlib.md5(rec.tobytes()).hexdigest()
+    (folder / "batches.meta.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+    return md5s

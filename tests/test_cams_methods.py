@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import count_hooks
 from torch import nn
 
 from classlab.diagnose import CAMS, DiagnoseError
@@ -15,30 +16,7 @@ from classlab.diagnose.cams import check_layers, compute_cams, compute_cams_by_m
 from classlab.models import resnet18
 from classlab.report.names import CAM_NAMES
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    """A width-4 resnet18 with random weights and non-trivial BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, norm_layer=nn.BatchNorm2d, width=4)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _minmax(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -110,7 +88,7 @@ def test_new_methods_match_a_per_image_reference(net: nn.Module, method: str) ->
         torch.testing.assert_close(maps[layer], ref, atol=5e-5, rtol=1e-4)
         live += int((ref.flatten(1).amax(1) > 0).sum())
     assert live >= 5, "degenerate test input: most maps are flat"
-    assert _hooks(net) == 0 and not net.training
+    assert count_hooks(net) == 0 and not net.training
 
 
 def test_hirescam_is_gradcam_where_the_gradient_is_uniform() -> None:
@@ -187,7 +165,7 @@ def test_layer_checks_give_map_sizes_and_one_line_errors(net: nn.Module) -> None
     with pytest.raises(DiagnoseError, match="unknown method 'cam'; allowed: eigencam, "
                                             "gradcam, gradcampp, hirescam"):
         compute_cams(net, torch.randn(1, 3, 32, 32), ["layer1"], "cam")
-    assert _hooks(net) == 0 and not net.training
+    assert count_hooks(net) == 0 and not net.training
 
 
 def test_layer_checks_run_on_a_meta_skeleton() -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import count_hooks
 from torch import nn
 
 from classlab import cli
 from classlab.diagnose import CAMS, DiagnoseError, capture, compute_cams
-from classlab.models import MODELS, resnet18
+from classlab.models import MODELS
 from classlab.run.diagnosis import diagnose_run
 from classlab.run.fit import fit
 from classlab.run.folder import start_run
@@ -23,31 +24,7 @@ from classlab.run.session import session_from_run
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Width-4 nets run fastest on one thread, and two OpenMP threads stall badly when the
-    CPU is shared with other processes; the runs' own configs also say threads=1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    """A width-4 resnet18 with random weights and non-trivial BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, norm_layer=nn.BatchNorm2d, width=4)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- references
@@ -158,7 +135,7 @@ def test_every_model_and_cam_gives_unit_maps(model_name: str, method: str) -> No
         assert m.shape == (2, 36, 28) and m.dtype == torch.float32
         assert torch.isfinite(m).all()
         assert m.min() >= 0 and m.max() <= 1
-    assert _hooks(model) == 0
+    assert count_hooks(model) == 0
 
 
 # --------------------------------------------------------------------------- flat maps
@@ -222,7 +199,7 @@ def test_compute_cams_leaves_no_hooks_grads_or_mode(net: nn.Module) -> None:
         second = compute_cams(net, x, LAYERS, "gradcam")
     finally:
         net.eval()
-    assert _hooks(net) == 0
+    assert count_hooks(net) == 0
     assert all(p.grad is None for p in net.parameters())
     for layer in LAYERS:  # nothing carried over from the first call
         torch.testing.assert_close(first[layer], second[layer])
@@ -232,18 +209,18 @@ def test_capture_records_and_always_removes(net: nn.Module) -> None:
     x = torch.randn(2, 3, 32, 32)
     with capture(net, "layer2") as cap:
         logits = net(x)
-        assert _hooks(net) == 1
+        assert count_hooks(net) == 1
         (g,) = torch.autograd.grad(logits[:, 0].sum(), cap.activations)
     assert cap.activations.shape == (2, 8, 16, 16)
     torch.testing.assert_close(cap.gradients, g)
     seen = cap.activations
     net(x)  # after exit the hook is gone: nothing is recorded any more
-    assert cap.activations is seen and _hooks(net) == 0
+    assert cap.activations is seen and count_hooks(net) == 0
 
     with pytest.raises(ValueError, match="boom"), capture(net, "layer3"):
         net(x)
         raise ValueError("boom")
-    assert _hooks(net) == 0
+    assert count_hooks(net) == 0
 
 
 def test_capture_keeps_the_last_call_of_a_shared_module() -> None:
@@ -266,13 +243,13 @@ def test_compute_cams_removes_hooks_when_it_fails(net: nn.Module) -> None:
     x = torch.randn(2, 3, 32, 32)
     with pytest.raises(DiagnoseError, match="targets"):
         compute_cams(net, x, LAYERS, "gradcam", torch.tensor([1, 99]))  # after the forward
-    assert _hooks(net) == 0 and not net.training
+    assert count_hooks(net) == 0 and not net.training
     with pytest.raises(DiagnoseError, match="unknown layer 'nope'"):
         compute_cams(net, x, ["layer1", "nope"])
     with pytest.raises(DiagnoseError, match="eigencam, gradcam, gradcampp, hirescam, "
                                             "layercam, scorecam, xgradcam$"):
         compute_cams(net, x, ["layer1"], "cam")
-    assert _hooks(net) == 0
+    assert count_hooks(net) == 0
 
 
 # --------------------------------------------------------------------------- diagnose_run

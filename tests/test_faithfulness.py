@@ -29,13 +29,7 @@ from classlab.diagnose.sanity import (
     rank_correlation,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PATCH = (slice(8, 16), slice(8, 16))  # the 8x8 patch (64 of 1024 pixels) the model reads

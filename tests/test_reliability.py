@@ -25,7 +25,6 @@ import copy
 import csv
 import dataclasses
 import errno
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import fake_cifar_bin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1046,22 +1046,8 @@ def test_cli_misuse_is_argparse_exit_2(capsys, argv, message):
     assert err.startswith("usage: classlab") and message in err and "Traceback" not in err
 
 
-def _fake_cifar_bin(root: Path) -> dict[str, str]:
-    folder = root / cifar.BIN_FOLDER
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    md5s = {}
-    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
-        rec = rng.integers(0, 256, size=(20, 3073), dtype=np.uint8)
-        rec[:, 0] = np.arange(20) % 10
-        (folder / f"{name}.bin").write_bytes(rec.tobytes())
-        md5s[f"{name}.bin"] = hashlib.md5(rec.tobytes()).hexdigest()
-    (folder / "batches.meta.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
-    return md5s
-
-
 def test_truncated_batch_file_is_a_checksum_error_naming_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cifar, "CIFAR10_BIN_MD5S", _fake_cifar_bin(tmp_path / "data"))
+    monkeypatch.setattr(cifar, "CIFAR10_BIN_MD5S", fake_cifar_bin(tmp_path / "data"))
     bad = tmp_path / "data" / cifar.BIN_FOLDER / "data_batch_3.bin"
     bad.write_bytes(bad.read_bytes()[:-3073])  # one record short, as a cut download
     out = tmp_path / "runs"

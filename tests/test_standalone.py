@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import fake_cifar_bin
 from PIL import Image
 
 from classlab import config
@@ -187,23 +188,8 @@ def test_changed_data_is_one_line_naming_what_differs(pictures_run, tmp_path, ca
         shutil.copytree(backup, data)
 
 
-def _fake_cifar_bin(root: Path) -> dict[str, str]:
-    """cifar-10-batches-bin with 20 records per batch; returns its MD5 table."""
-    folder = root / cifar.BIN_FOLDER
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    md5s = {}
-    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
-        rec = rng.integers(0, 256, size=(20, 3073), dtype=np.uint8)
-        rec[:, 0] = np.arange(20) % 10
-        (folder / f"{name}.bin").write_bytes(rec.tobytes())
-        md5s[f"{name}.bin"] = hashlib.md5(rec.tobytes()).hexdigest()
-    (folder / "batches.meta.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
-    return md5s
-
-
 def test_changed_cifar_file_is_named_before_loading(tmp_path, monkeypatch, capsys):
-    md5s = _fake_cifar_bin(tmp_path / "data")
+    md5s = fake_cifar_bin(tmp_path / "data")
     monkeypatch.setattr(cifar, "CIFAR10_BIN_MD5S", md5s)
     out = tmp_path / "runs"
     assert main(["train", *PICTURES, "data.name=cifar10", "train.epochs=1", "--data-dir",
