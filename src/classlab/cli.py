@@ -46,7 +46,8 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("diagnose", help="predictions, mistakes, confusion, CAMs, report")
     p.add_argument("run", type=Path)
     p.add_argument("--layers", default=None, help="comma-separated module names")
-    p.add_argument("--method", default=None, help="CAM method")
+    p.add_argument("--method", default=None,
+                   help="CAM method (see classlab config: diagnose.method), or all")
     p.add_argument("--count", type=int, default=None, help="misclassified images to show")
     p.add_argument("--target", default=None, choices=["pred", "true"])
     p.add_argument("--device", default=None)

@@ -10,6 +10,8 @@ through :class:`RunFiles` / :class:`GridFiles`, never through a string of their 
         diagnose/  curves.png mistakes.png per_class.{csv,png} confusion.{csv,png}
                    confused_pairs.csv cam_mistakes.png cam_pred_vs_true.png
                    dyn_update_ratio.png dyn_grad_norms.png dyn_lr.png diagnose.json
+                   reliability.png confidence_hist.png faithfulness.{csv,png}
+                   sanity.{csv,png} sanity_maps.png cam_methods.png
 """
 
 from __future__ import annotations
