@@ -17,7 +17,7 @@ from classlab.report.dynamics import plot_compare
 from classlab.report.names import MODEL_NAMES, NORM_NAMES, SCHED_NAMES
 from classlab.rundir import GridFiles, atomic_write_text, save_figure
 from classlab.rundir.metrics import read_metrics
-from classlab.rundir.summary import is_finished, read_summary
+from classlab.rundir.summary import read_summary, run_state
 
 # Axis keys that get a fixed, human-named column (always shown, even when not an axis).
 NAMED_COLUMNS = {"model.name": ("Model", MODEL_NAMES),
@@ -242,13 +242,8 @@ def _lookup(raw: dict, key: str) -> Any:
 
 
 def _status(summary: dict) -> str:
-    if not summary:
-        return "not started"
-    if is_finished(summary):
-        return "finished"
-    if summary.get("status") == "failed":
-        return "failed"
-    return "unfinished"  # still running, or killed: the summary cannot tell which
+    state = run_state(summary)
+    return "unfinished" if state == "interrupted" else state  # an interrupted point resumes
 
 
 def cell(value: Any) -> str:

@@ -10,7 +10,7 @@ from classlab import config
 from classlab.config import ConfigError
 from classlab.rundir.layout import GridFiles, RunFiles
 from classlab.rundir.metrics import read_metrics
-from classlab.rundir.summary import is_finished, read_summary
+from classlab.rundir.summary import read_summary, run_state
 
 HEADER = ["run", "status", "epochs", "final test", "best by val", "wall"]
 
@@ -29,16 +29,10 @@ def run_folders(root: Path) -> list[Path]:
 
 
 def _status(summary: dict | None) -> str:
-    if not summary:
-        return "not started"
-    if is_finished(summary):
-        return "finished"
-    status = summary.get("status")
-    if status == "interrupted":
-        how = summary.get("interrupted") or {}
-        return f"stopped ({how.get('signal', '?')})"
-    # "running" is also what a killed run's summary still says: the file cannot tell
-    return "failed" if status == "failed" else "unfinished"
+    state = run_state(summary)
+    if state == "interrupted":
+        return f"stopped ({(summary.get('interrupted') or {}).get('signal', '?')})"
+    return state
 
 
 def _pct(value: object) -> str:

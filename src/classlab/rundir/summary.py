@@ -77,3 +77,15 @@ def is_finished(summary: dict | None) -> bool:
     """Finished means all epochs done; a killed run still says "running", so it never is."""
     return bool(summary) and summary.get("status") == "finished" \
         and summary.get("epochs_done") == summary.get("epochs")
+
+
+def run_state(summary: dict | None) -> str:
+    """"not started", "finished", "failed", "interrupted" (stopped on a signal, resumable)
+    or "unfinished": still running, or killed (a killed run's summary still says "running",
+    so the file cannot tell those two apart)."""
+    if not summary:
+        return "not started"
+    if is_finished(summary):
+        return "finished"
+    status = summary.get("status")
+    return status if status in ("failed", "interrupted") else "unfinished"
