@@ -1,3 +1,14 @@
+# --------------------------------------------------------------------------- speed cache
+# train.precision / train.channels_last default to auto, which measures and caches its choice
+# in the user cache folder: the suite (and the CLI / Ray processes it starts, which inherit
+# the environment) uses a folder of its own, so it never reads or writes the user's cache,
+# and every run of one model and batch in the session trains with the same choice.
+
+import os as _os
+import tempfile as _tempfile
+
+_os.environ["CLASSLAB_CACHE"] = _tempfile.mkdtemp(prefix="classlab-test-cache-")
+
 # --------------------------------------------------------------------------- tiny trained run
 # A 1-epoch run on the synthetic data (width 4), trained once per test session and shared by
 # every test file that needs a real run folder (config.yaml, metrics.csv, summary.json,

@@ -18,7 +18,10 @@ ONE_STEP = ["name=ddp", "data.name=synthetic", "data.synthetic_size=64", "data.v
             "model.width=4", "model.norm=ln", "optim.name=sgd", "optim.lr=0.1",
             "sched.name=none", "aug.ops=[]", "train.epochs=1", "train.batch_size=64",
             "train.progress=false", "diagnose.enabled=false", "log.dynamics_every=0",
-            "sched.monitor=train_loss"]
+            "sched.monitor=train_loss",
+            # the same arithmetic in both: a measured choice may differ between batch 64 and
+            # the per-process batch 32
+            "train.precision=fp32", "train.channels_last=false"]
 
 
 def _train(tmp_path, out: str, *launcher: str, extra=()):

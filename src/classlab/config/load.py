@@ -22,6 +22,7 @@ from classlab.config.schema import Config
 from classlab.config.validate import validate
 
 _MAPPINGS = list[dict[str, Any]]  # the type of aug.albumentations
+_AUTO_BOOL = bool | str  # true, false or "auto" (train.channels_last)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -31,13 +32,16 @@ def _is_section(tp: Any) -> bool:
 
 def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            _MAPPINGS: "a list of mappings"}.get(tp, "a list of strings")
+            _MAPPINGS: "a list of mappings", _AUTO_BOOL: "true, false or auto"
+            }.get(tp, "a list of strings")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the field type ``tp``; ints are accepted for floats."""
     if tp is bool:
         ok = isinstance(value, bool)
+    elif tp == _AUTO_BOOL:
+        ok = isinstance(value, bool) or value == "auto"
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:

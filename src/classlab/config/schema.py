@@ -22,7 +22,7 @@ from typing import Any
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
 MODELS = ("fastnet", "resnet18", "resnet34")
 NORMS = ("bn", "gn", "ln")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
 SCHEDULERS = ("cosine", "linear", "none", "onecycle", "plateau", "step")
 AUGMENTATIONS = ("crop", "cutout", "flip", "rotate")
 CAMS = ("eigencam", "gradcam", "gradcampp", "hirescam", "layercam", "scorecam", "xgradcam")
@@ -86,10 +86,16 @@ class OptimConfig:
     lr: float = _f(1e-3, "learning rate (the peak LR for onecycle)", gt=0.0)
     weight_decay: float = _f(1e-4, "weight decay: L2 added to the gradient for sgd/adam, "
                              "decoupled for adamw", ge=0.0)
-    momentum: float = _f(0.9, "SGD momentum (ignored by adam/adamw)", ge=0.0, lt=1.0)
+    momentum: float = _f(0.9, "SGD momentum (ignored by adam/adamw; muon: of the non-filter "
+                         "parameters)", ge=0.0, lt=1.0)
     nesterov: bool = _f(False, "Nesterov momentum for SGD")
     beta1: float = _f(0.9, "Adam/AdamW beta1", ge=0.0, lt=1.0)
     beta2: float = _f(0.999, "Adam/AdamW beta2", ge=0.0, lt=1.0)
+    muon_lr: float = _f(0.24, "muon: LR of the conv filters (4-D weights), whose updates are "
+                        "orthogonalised and whose banks are kept at norm sqrt(out channels); "
+                        "every other parameter takes SGD steps with optim.lr", gt=0.0)
+    muon_momentum: float = _f(0.6, "muon: Nesterov momentum of the conv filters", ge=0.0,
+                              lt=1.0)
     no_decay_norm_bias: bool = _f(False, "exempt norm weights and biases from weight decay")
     norm_bias_lr_scale: float = _f(1.0, "LR multiplier for norm weights and biases", gt=0.0)
     lookahead_every: int = _f(0, "Lookahead: every N optimizer steps pull the weights back "
@@ -189,9 +195,14 @@ class TrainConfig:
     eval_batch_size: int = _f(1000, "images per evaluation forward pass", ge=1, unit="images")
     seed: int = _f(1, "seed of weights init, shuffling and augmentation", ge=0, lt=2**32)
     device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
-    precision: str = _f("auto", "autocast dtype; auto = bf16 on CUDA with bf16 support, "
-                        "else fp32", choices=["auto", "fp32", "bf16", "fp16"])
-    channels_last: bool = _f(False, "use channels_last memory format")
+    precision: str = _f("auto", "autocast dtype; auto: on CPU the faster of fp32 and bf16, "
+                        "measured for this model and batch at the start of the run (cached per "
+                        "machine); on CUDA bf16 where the card supports it, else fp16 with a "
+                        "gradient scaler", choices=["auto", "fp32", "bf16", "fp16"])
+    channels_last: bool | str = _f("auto", "memory format of images and weights: true = "
+                                   "channels_last, false = contiguous (NCHW), auto = the faster, "
+                                   "measured together with train.precision", unit="auto, true or "
+                                   "false")
     compile: bool = _f(False, "torch.compile the model")
     sync_bn: bool = _f(False, "under torchrun: synchronise BatchNorm statistics across "
                        "processes (SyncBatchNorm)")
@@ -205,7 +216,9 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate val and test every N epochs and always after the last; "
                          "0: only after the last (skipped epochs log empty cells; saves time "
                          "when evaluation, e.g. with TTA, is costly)", ge=0, unit="epochs")
-    threads: int = _f(0, "CPU threads for torch (0: torch's default)", ge=0)
+    threads: int = _f(0, "CPU threads for torch (0: every core of the process's CPU affinity, "
+                      "divided among the processes of a torchrun job; OMP_NUM_THREADS, when set, "
+                      "wins)", ge=0)
     progress: bool = _f(True, "show a progress bar per epoch")
     checkpoint_minutes: float = _f(10.0, "also write a mid-epoch checkpoint (midepoch.pt) "
                                    "when this long has passed since the last checkpoint, so "

@@ -9,9 +9,7 @@ into a session is the run layer's (:func:`classlab.run.diagnosis.diagnose_run`).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ from classlab.diagnose.trust import (
     methods_figure,
     sanity_step,
 )
-from classlab.engine import Normalizer, evaluate
+from classlab.engine import evaluate
 from classlab.models import build_model
 from classlab.rundir import PREDICTION_FIELDS, RunFiles, write_json
 from classlab.rundir.checkpoint import load_test_outputs
@@ -151,21 +149,6 @@ def resolve_args(cfg: Any, layers: list[str] | str | None, method: str | None,
 # --------------------------------------------------------------------------- predictions
 
 
-@contextlib.contextmanager
-def _fast_cpu_layout(model: nn.Module, s) -> Iterator[Any]:
-    """On CPU, run inference with channels_last (oneDNN convolutions were ~1.4-1.8x faster
-    than NCHW on the 2-core dev machine); the model's memory format is put back afterwards.
-    Yields the normaliser that matches."""
-    if s.device.type != "cpu" or s.normalize.channels_last:
-        yield s.normalize  # CUDA, or the run already uses channels_last
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield Normalizer(s.splits.mean, s.splits.std, s.device, channels_last=True)
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-
-
 def predict(s, model: nn.Module, files: RunFiles, ckpt_epoch: int | None) -> Predictions:
     """The test set's predictions with the run's test-time augmentation (the predictions
     behind its reported test accuracy): the outputs the last epoch of training saved for
@@ -175,10 +158,10 @@ def predict(s, model: nn.Module, files: RunFiles, ckpt_epoch: int | None) -> Pre
     if saved is not None:
         probs, losses = saved
         return Predictions(y_dev.cpu(), probs.argmax(1), probs.float(), losses.float())
-    with _fast_cpu_layout(model, s) as normalize:
-        ev = evaluate(model, x_u8, y_dev, normalize=normalize,
-                      batch_size=s.cfg.train.eval_batch_size, amp=s.amp, keep_outputs=True,
-                      tta=s.cfg.train.tta)
+    # the run's own precision and memory format (s.amp, s.normalize), as in training
+    ev = evaluate(model, x_u8, y_dev, normalize=s.normalize,
+                  batch_size=s.cfg.train.eval_batch_size, amp=s.amp, keep_outputs=True,
+                  tta=s.cfg.train.tta)
     return Predictions(y_dev.cpu(), ev.preds, ev.probs.float(), ev.losses.float())
 
 
@@ -318,15 +301,15 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
     seconds["confusion"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    with _fast_cpu_layout(model, s) as normalize:
-        calibration = calibration_step(s, model, p.probs, p.y, normalize, files)
-        seconds["calibration"] = time.perf_counter() - t
+    normalize = s.normalize  # the run's memory format and (s.amp) precision
+    calibration = calibration_step(s, model, p.probs, p.y, normalize, files)
+    seconds["calibration"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        kept = _cams(s, model, p, shown, a, files, images, titles, classes, normalize)
-        seconds["cams"] = time.perf_counter() - t
+    t = time.perf_counter()
+    kept = _cams(s, model, p, shown, a, files, images, titles, classes, normalize)
+    seconds["cams"] = time.perf_counter() - t
 
-        checks = _check_cams(s, model, kept, a, cells, image_hw, images, files, seconds)
+    checks = _check_cams(s, model, kept, a, cells, image_hw, images, files, seconds)
     seconds["total"] = time.perf_counter() - t_start + seconds.get("load", 0.0)
     result = _result(run_dir, epoch, p, shown, a, s.cfg.train.tta, classes, per_class, pairs,
                      seconds)

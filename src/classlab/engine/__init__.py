@@ -5,6 +5,7 @@
 - :mod:`~classlab.engine.evaluate`: loss/accuracy on a split, test-time augmentation
 - :mod:`~classlab.engine.batches`: uint8 images -> normalised batches, the epoch's generator
 - :mod:`~classlab.engine.precision`: device, autocast and the fp16 gradient scaler
+- :mod:`~classlab.engine.probe`: timing candidate precisions / memory formats
 - :mod:`~classlab.engine.distributed`: torchrun (sharding, all-reduce)
 - :mod:`~classlab.engine.ema`, :mod:`~classlab.engine.rng`, :mod:`~classlab.engine.dynamics`:
   weight averaging, RNG states, weight-update logging
@@ -17,12 +18,12 @@ from classlab.engine.ema import Ema
 from classlab.engine.epoch import EpochResult, train_one_epoch
 from classlab.engine.errors import TrainingError
 from classlab.engine.evaluate import TTA, EvalResult, evaluate
-from classlab.engine.precision import Amp, resolve_device, resolve_precision
+from classlab.engine.precision import Amp, resolve_device
 from classlab.engine.rng import rng_state, seed_everything, set_rng_state
 from classlab.engine.step import backward_and_step, train_step
 
 __all__ = ["TTA", "Amp", "Dist", "DynamicsLogger", "Ema", "EpochResult", "EvalResult",
            "Normalizer", "TrainingError", "backward_and_step", "batch_indices", "epoch_generator",
-           "evaluate", "init_distributed", "resolve_device", "resolve_precision", "rng_state",
+           "evaluate", "init_distributed", "resolve_device", "rng_state",
            "seed_everything", "set_rng_state", "steps_per_epoch", "train_one_epoch",
            "train_step"]

@@ -42,7 +42,7 @@ TTA: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
 }
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,

@@ -18,15 +18,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` is bf16 on CUDA cards that support it, else fp32 (see bench/README.md)."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
 @dataclass
 class Amp:
     """Autocast settings plus the gradient scaler that fp16 needs (disabled otherwise)."""

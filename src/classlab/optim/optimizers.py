@@ -46,10 +46,17 @@ def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
                              weight_decay=cfg.weight_decay)
 
 
+def _muon(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    from classlab.optim.muon import build_muon
+
+    return build_muon(groups, cfg)
+
+
 OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {
     "sgd": _sgd,
     "adam": _adam,
     "adamw": _adamw,
+    "muon": _muon,
 }
 
 

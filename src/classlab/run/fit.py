@@ -10,7 +10,6 @@ SIGTERM / SIGINT stop after the current step with a mid-epoch checkpoint, and
 from __future__ import annotations
 
 import contextlib
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,28 +30,18 @@ from classlab.run.control import Position, StepControl
 from classlab.run.pace import Pace
 from classlab.run.session import Session, checkpoint_state, torch_threads
 from classlab.run.signals import RunInterrupted, SignalTrigger, StopSignals
+from classlab.run.speed import cpu_flags, cpu_model
 from classlab.rundir import RunFiles, write_json
 from classlab.rundir.checkpoint import save_checkpoint, save_test_outputs
 from classlab.rundir.metrics import append_metrics, read_metrics
 from classlab.rundir.summary import environment, make_summary
 
 
-def _cpu_model() -> str:
-    """E.g. "AMD EPYC" (Linux names the model in /proc/cpuinfo; platform.processor() is often
-    empty there)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _device_name(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    threads = threads or torch.get_num_threads()  # train.threads, else torch's default
-    return f"cpu ({_cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
+    threads = threads or torch.get_num_threads()  # train.threads, else the default
+    return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
 def update_best(best: dict, row: dict) -> dict:
@@ -75,6 +64,9 @@ def session_summary(s: Session, run_dir: Path, status: str, best: dict, last: di
     facts = {
         "device": _device_name(s.device, s.cfg.train.threads),
         "precision": s.amp.precision,
+        "channels_last": s.speed.channels_last,
+        "speed": s.speed.to_dict(),
+        "cpu_flags": cpu_flags() if s.device.type == "cpu" else None,
         "train_images": len(s.splits.train_x),
         "val_images": len(s.splits.val_x),
         "test_images": len(s.splits.test_x),

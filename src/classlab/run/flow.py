@@ -77,6 +77,7 @@ def _announce(s: Session, run_dir: Path, epoch: int) -> None:
     print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
           f"{s.params:,} params, device {s.device}, precision {s.amp.precision}"
           + (f", {s.dist.world} processes" if s.dist.world > 1 else ""), flush=True)
+    print(s.speed.line(), flush=True)
     if s.cfg.data.name != "synthetic":
         print(f"Data: {s.cfg.data.name} from {s.data_root}", flush=True)
 

@@ -8,6 +8,7 @@ a bad config, missing data or a missing package stop before a run folder exists.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,6 @@ from classlab.engine import (
     Normalizer,
     init_distributed,
     resolve_device,
-    resolve_precision,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -35,17 +35,33 @@ from classlab.engine import (
 from classlab.engine.epoch import BatchSource
 from classlab.models import build_model, count_params
 from classlab.optim import Lookahead, Stepper, build_optimizer, build_scheduler
+from classlab.run.speed import Speed, choose_speed
 from classlab.rundir import RunDirError, RunFiles, read_json
 from classlab.rundir.checkpoint import load_checkpoint
 
 
+def default_threads() -> int:
+    """``train.threads: 0``: every core this process may run on (its CPU affinity), shared
+    among the processes of a torchrun job on this machine; torch's own default where
+    OMP_NUM_THREADS says otherwise (torchrun sets it to 1 for several processes)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(1, local))
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run the body with ``n`` torch CPU threads (0: leave torch's setting), and put the
+    """Run the body with ``n`` torch CPU threads (0: :func:`default_threads`), and put the
     previous number back afterwards: ``train.threads`` of one run must not change the
     process for whatever runs next (a notebook's next cell, the next test)."""
     before = torch.get_num_threads()
-    if n:
+    n = n or default_threads()
+    if n != before:
         torch.set_num_threads(n)
     try:
         yield
@@ -66,6 +82,7 @@ class Session:
     stepper: Stepper
     amp: Amp
     normalize: Normalizer
+    speed: Speed  # precision and memory format, and why (measured, cached, or set)
     data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (x uint8, y) on device
     params: int
     steps_per_epoch: int
@@ -88,39 +105,46 @@ class Session:
 
 
 def build_session(cfg: Config, data_root: Path | None = None,
-                  splits: Splits | None = None) -> Session:
+                  splits: Splits | None = None, speed: dict | None = None) -> Session:
     """Load data, build model/optimizer/scheduler on the chosen device (no files written).
 
     Under torchrun, joins the process group first; every rank builds the same session.
     Runs with ``train.threads`` CPU threads (as :func:`classlab.run.fit.fit` does), and
-    leaves the process's setting as it found it."""
+    leaves the process's setting as it found it. ``speed``: a run folder's recorded
+    :class:`~classlab.run.speed.Speed` (as a dict), kept where the config still allows it;
+    otherwise ``auto`` precision / memory format are measured (see :mod:`classlab.run.speed`)."""
     with torch_threads(cfg.train.threads):
-        return _build(cfg, data_root, splits)
+        return _build(cfg, data_root, splits, speed)
 
 
-def _build(cfg: Config, data_root: Path | None, splits: Splits | None) -> Session:
+def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
+           recorded: dict | None) -> Session:
     dist, rank_device = init_distributed(cfg.train.device)
     device = rank_device or resolve_device(cfg.train.device)
     splits = splits if splits is not None else load_splits(cfg.data, data_root)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, num_classes=len(splits.classes)).to(device)
-    normalize = Normalizer(splits.mean, splits.std, device, cfg.train.channels_last)
     if hasattr(model, "init_from_data"):
         # Data-dependent initialisation (e.g. a whitening first layer) sees training images
         # only: the first 5,000 of the (already shuffled-by-split) train set, normalised.
-        model.init_from_data(normalize(splits.train_x[:5000].to(device)))
+        layout = cfg.train.channels_last is True  # the measured layout is not known yet
+        init = Normalizer(splits.mean, splits.std, device, layout)
+        model.init_from_data(init(splits.train_x[:5000].to(device)))
     params = count_params(model)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
-    steps = steps_per_epoch(len(splits.train_x), cfg.train.batch_size)
-    stepper = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps)
-    amp = Amp(device.type, resolve_precision(cfg.train.precision, device))
     data = {
         "train": (splits.train_x.to(device), splits.train_y.to(device)),
         "val": (splits.val_x.to(device), splits.val_y.to(device)),
         "test": (splits.test_x.to(device), splits.test_y.to(device)),
     }
+    speed = choose_speed(cfg, model, *data["train"], splits.mean, splits.std, device,
+                         dist=dist, recorded=recorded)
+    normalize = Normalizer(splits.mean, splits.std, device, speed.channels_last)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    steps = steps_per_epoch(len(splits.train_x), cfg.train.batch_size)
+    stepper = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps)
+    amp = Amp(device.type, speed.precision)
     ema = Ema(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     lookahead = None
     if cfg.optim.lookahead_every > 0:
@@ -135,8 +159,8 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None) -> Sessio
         source = AlbuBatches(splits.train_x, cfg.aug.albumentations, splits.mean,
                              workers=cfg.aug.workers, rank=dist.rank,
                              pin_memory=device.type == "cuda")
-    return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, data,
-                   params, steps, ema, net, dist, batch_source=source, lookahead=lookahead,
+    return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, speed,
+                   data, params, steps, ema, net, dist, batch_source=source, lookahead=lookahead,
                    data_root=data_root)
 
 
@@ -212,7 +236,16 @@ def build_run_session(run_dir: Path, cfg: Config, data_root: Path | None = None)
     ones recorded there (a one-line DataError otherwise, before anything is loaded)."""
     files = RunFiles(run_dir)
     root = check_record(read_data_record(files), cfg.data, data_root, str(files.data_record))
-    return build_session(cfg, root)
+    return build_session(cfg, root, speed=recorded_speed(files))
+
+
+def recorded_speed(files: RunFiles) -> dict | None:
+    """The precision / memory format a run folder trained with (summary.json), if any."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        speed = read_json(files.summary).get("speed")
+        if isinstance(speed, dict) and {"precision", "channels_last"} <= speed.keys():
+            return speed
+    return None
 
 
 def session_from_run(run_dir: Path, data_root: Path | None = None,
