@@ -275,3 +275,17 @@ def test_no_recipe_pins_hardware(path):
     train = (config.from_dict(raw["base"]) if "base" in raw else config.load(path)).train
     assert (train.device, train.precision, train.channels_last, train.threads) == \
         ("auto", "auto", "auto", 0)
+
+
+def test_a_candidate_slow_only_at_the_full_batch_costs_one_warm_up_step():
+    # passes the small screening step, then its full-batch warm-up is 2.5x the best step
+    calls = []
+
+    def timer(c, step):
+        calls.append((c, step.batch))
+        slow = c == FP32 and step.batch == 64
+        return (2.5 if slow else 1.0) * step.batch
+
+    r = probe([FP32_CL, FP32], counting_maker([]), 64, timer=timer)
+    assert r.best == FP32_CL and "warm-up" in r.stopped["fp32"]
+    assert [b for c, b in calls if c == FP32].count(64) == 1

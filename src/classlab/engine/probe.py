@@ -14,9 +14,11 @@ How one probe runs (:func:`probe`):
    first step of a process was 3x slower than the next); a candidate more than
    ``SCREEN_RATIO`` slower per image than the best is dropped (bf16 without bf16 units costs
    ~20x: a small step shows it, without paying a full step of it).
-2. Time: per surviving candidate one untimed warm-up step at the full batch (oneDNN creates
-   its kernels for the shapes there), then up to ``steps`` timed steps; a candidate stops
-   as soon as its fastest step is ``SLOWER_RATIO`` slower than the best candidate's median.
+2. Time: per surviving candidate, likely fastest first, one warm-up step at the full batch
+   (oneDNN creates its kernels for the shapes there; a candidate whose warm-up already takes
+   ``WARMUP_RATIO`` times the best steady step is dropped), then up to ``steps`` timed
+   steps; a candidate stops as soon as its fastest step is ``SLOWER_RATIO`` slower than the
+   best candidate's median.
 
 Every step is a real training step (:func:`classlab.engine.step.train_step`) of a throwaway
 copy of the model with its own optimizer, on real training images, inside a forked RNG: the
@@ -41,6 +43,9 @@ from classlab.engine.step import train_step
 
 SCREEN_RATIO = 3.0  # screening step this much slower per image than the best: dropped
 SLOWER_RATIO = 1.25  # a timed step this much slower than the best median: stop timing it
+# A warm-up step (first use at the full batch: slower than a steady one, ~1-2x on the dev
+# machine) this much slower than the best steady step: no timed step is needed to drop it.
+WARMUP_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,12 @@ def probe(candidates: Sequence[Candidate], make_step: StepMaker, batch: int, *, 
     medians: dict[Candidate, float] = {}
     for c in sorted(alive, key=screen.get):  # likely fastest first: later ones stop sooner
         step = make_step(c, batch)
-        timer(c, step)  # warm-up: kernel selection for the full batch's shapes
+        warm = timer(c, step)  # warm-up: kernel selection for the full batch's shapes
+        if warm > WARMUP_RATIO * best_median:
+            rates[c.name] = batch / warm
+            stopped[c.name] = (f"warm-up step {warm / best_median:.1f}x the best candidate's "
+                               "steady step")
+            continue
         times = []
         for _ in range(steps):
             times.append(timer(c, step))

@@ -235,7 +235,7 @@ def _measure_or_cached(cfg: Config, model, train_x, train_y, mean, std, device, 
 def _rates(rates: dict[str, float], stopped: dict[str, str] | None = None) -> str:
     """"bf16 1,969, fp32 760 (screened out)": fastest first."""
     stopped = stopped or {}
-    mark = {k: " (screened out)" if "screening" in why else " (stopped early)"
-            for k, why in stopped.items()}
+    mark = {k: " (screened out)" if "screening" in why else " (warm-up only)" if "warm-up"
+            in why else " (stopped early)" for k, why in stopped.items()}
     order = sorted(rates, key=rates.get, reverse=True)
     return ", ".join(f"{k} {rates[k]:,.0f}{mark.get(k, '')}" for k in order)
