@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import torch
 
-
-def cpu_model() -> str:
-    """CPU model name as lscpu prints it (falls back to platform.processor())."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
+from classlab.engine.precision import cpu_model  # the one description of the CPU
 
 
 def machine_line() -> str:

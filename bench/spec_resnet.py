@@ -4,7 +4,7 @@ The baseline is ``../shared/baselines/seed_resnet.py`` (``ResNet18("BN")``: its 
 has stride 1, so its last three stages run at 32/16/8 px) trained the way the spec trained
 it: float32, contiguous, Adam (lr 1e-3), batch 128, cross-entropy. classlab's side is
 ``resnet18/bn`` at batch 128 with Adam, in the precision and memory format classlab itself
-picks on this machine (:func:`classlab.run.speed.choose_speed`: measured, or cached), through
+picks on this machine (:func:`classlab.engine.precision.choose_speed`: measured, or cached), through
 classlab's own training step (``engine.step.train_step``).
 
 A CPU epoch takes minutes, so both are timed for ``--steps`` steps after ``--warmup``
@@ -33,9 +33,9 @@ from _common import load1, machine_line  # noqa: E402
 
 from classlab import config  # noqa: E402
 from classlab.engine import Amp, Normalizer, train_step  # noqa: E402
+from classlab.engine.precision import choose_speed, cpu_flags  # noqa: E402
 from classlab.models import build_model  # noqa: E402
 from classlab.optim import build_optimizer  # noqa: E402
-from classlab.run.speed import choose_speed, cpu_flags  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -30,7 +30,8 @@ needs_albu = pytest.mark.skipif(find_spec("albumentations") is None,
 
 TINY = ["name=tiny", "data.name=synthetic", "data.synthetic_size=300", "model.width=4",
         "train.epochs=2", "train.batch_size=64", "train.progress=false", "train.device=cpu",
-        "train.threads=1", "diagnose.enabled=false", "log.dynamics_every=0"]
+        "train.threads=1", "diagnose.enabled=false", "log.dynamics_every=0",
+        "train.precision=fp32", "train.channels_last=false"]
 ALBU = ["aug.backend=albumentations"]
 
 

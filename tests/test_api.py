@@ -21,7 +21,8 @@ from classlab.config import Config, ConfigError
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "nb", "data": {"name": "synthetic", "synthetic_size": 300},
         "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 64, "progress": False,
-                                         "device": "cpu"},
+                                         "device": "cpu", "precision": "fp32",
+                                         "channels_last": False},
         "log": {"dynamics_every": 0}, "diagnose": {"enabled": False}}
 
 

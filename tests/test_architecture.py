@@ -26,6 +26,7 @@ LAYERS = [
     {"data", "models", "optim", "augment"},
     {"rundir", "stats"},
     {"config"},
+    {"fmt"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -14,7 +14,8 @@ from classlab.cli import main
 
 BASE = {"data": {"name": "synthetic", "synthetic_size": 600, "val_split": 0.2},
         "model": {"width": 4},
-        "train": {"batch_size": 64, "progress": False, "device": "cpu", "threads": 1},
+        "train": {"batch_size": 64, "progress": False, "device": "cpu", "threads": 1,
+                  "precision": "fp32", "channels_last": False},
         "log": {"dynamics_every": 0}, "diagnose": {"enabled": False}}
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from classlab import config
@@ -54,3 +55,40 @@ def test_two_processes_step_like_one_process_with_the_same_global_batch(tmp_path
     # all-reduced metrics: test accuracy over the whole test set, equal to 1 process
     col = rows_s[0].split(",").index("test_acc")
     assert float(rows_s[1].split(",")[col]) == float(rows_m[1].split(",")[col])
+
+
+# --------------------------------------------------------------------------- BatchNorm
+
+BN = ("model.norm=bn",)
+
+
+def _bn_stats(run_dir) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run_dir / "last.pt")["model"]
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+@pytest.fixture(scope="module")
+def bn_single(tmp_path_factory):
+    """BatchNorm statistics of one process stepping the global batch of 64 once."""
+    run, _ = _train(tmp_path_factory.mktemp("bn"), "single", extra=BN)
+    return _bn_stats(run)
+
+
+def test_without_sync_bn_a_process_keeps_the_statistics_of_its_half(tmp_path, bn_single):
+    # the control: rank 0's running statistics are those of its 32 images, not the 64
+    multi, _ = _train(tmp_path, "multi", "--nproc", "2", extra=BN)
+    stats = _bn_stats(multi)
+    assert stats.keys() == bn_single.keys() and len(stats) >= 2
+    assert any(not torch.allclose(stats[k], bn_single[k], atol=1e-5) for k in stats)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "issue 29: torch's SyncBatchNorm is GPU-only; on CPU (gloo) train.sync_bn=true dies "
+    "building DDP with 'ValueError: SyncBatchNorm layers only work with GPU modules' "
+    "(a traceback, not a one-line error)"))
+def test_sync_bn_statistics_are_those_of_the_global_batch(tmp_path, bn_single):
+    multi, _ = _train(tmp_path, "multi", "--nproc", "2", extra=(*BN, "train.sync_bn=true"))
+    stats = _bn_stats(multi)
+    assert stats.keys() == bn_single.keys()
+    for k in stats:
+        assert torch.allclose(stats[k], bn_single[k], atol=1e-6, rtol=1e-5), k

@@ -18,8 +18,8 @@ from classlab.diagnose import CAMS, DiagnoseError, capture, compute_cams
 from classlab.models import MODELS
 from classlab.run.diagnosis import diagnose_run
 from classlab.run.fit import fit
-from classlab.run.folder import start_run
 from classlab.run.session import session_from_run
+from classlab.run.start import start_run
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 
@@ -401,7 +401,8 @@ def test_predictions_are_those_of_the_reported_weights_and_tta(tmp_path: Path) -
         "name": "ema", "data": {"name": "synthetic", "synthetic_size": 200},
         "model": {"width": 4}, "log": {"dynamics_every": 0},
         "train": {"epochs": 1, "batch_size": 50, "progress": False, "device": "cpu",
-                  "threads": 1, "ema_decay": 0.5, "tta": "flip"},
+                  "threads": 1, "ema_decay": 0.5, "tta": "flip", "precision": "fp32",
+                  "channels_last": False},
         "diagnose": {"enabled": False}})
     s, run_dir = start_run(cfg, tmp_path)
     summary = fit(s, run_dir)
@@ -494,20 +495,18 @@ def test_diagnose_reuses_the_last_epochs_test_outputs(tiny_run, tmp_path, monkey
     running the test set through the model again, and they give the reported accuracy."""
     import shutil
 
-    from classlab.diagnose import run as diagnose_module
+    from classlab.run import session as session_module
     from classlab.rundir import RunFiles
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     outputs = RunFiles(run).test_outputs
     assert outputs.is_file()
-    from classlab.diagnose import trust
 
     calls = []
-    real = diagnose_module.evaluate
+    real = session_module.evaluate  # Session.evaluate: every evaluation of a split
     record = lambda *a, **k: calls.append((len(a[1]), k)) or real(*a, **k)  # noqa: E731
-    monkeypatch.setattr(diagnose_module, "evaluate", record)
-    monkeypatch.setattr(trust, "evaluate", record)  # calibration: the validation split
+    monkeypatch.setattr(session_module, "evaluate", record)
     res = diagnose_run(run, count=2, layers=["layer4"])
     summary = json.loads((run / "summary.json").read_text())
     n_test, n_val = summary["test_images"], summary["val_images"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 from torch.optim import lr_scheduler as lrs
@@ -13,7 +14,7 @@ from classlab.cli import main
 from classlab.engine.dynamics import DynamicsLogger
 from classlab.report.dynamics import flag_layers, read_dynamics, report_section
 from classlab.run.fit import fit
-from classlab.run.folder import start_run
+from classlab.run.start import start_run
 
 
 def _toy():
@@ -88,7 +89,8 @@ def test_flags_layers_far_from_the_rest():
 def test_training_writes_dynamics_and_the_report_section(tmp_path):
     cfg = config.load(None, ["data.name=synthetic", "data.synthetic_size=200", "model.width=4",
                              "train.epochs=1", "train.batch_size=32", "train.progress=false",
-                             "log.dynamics_every=2"])
+                             "log.dynamics_every=2", "train.precision=fp32",
+                             "train.channels_last=false"])
     s, run_dir = start_run(cfg, tmp_path)
     fit(s, run_dir)
     rows = list(csv.DictReader(open(run_dir / "dynamics.csv")))
@@ -129,7 +131,8 @@ def test_schedule_explains_plateau(tmp_path, capsys):
     assert {ln.split(",")[2] for ln in out.splitlines() if ln[:1].isdigit()} == {"0.001"}
 
 
-def test_compare_overlays_runs(tmp_path):
+def test_compare_overlays_runs(tmp_path, monkeypatch):
+    from classlab.report import dynamics as dynamics_module
     from classlab.report.dynamics import plot_compare
 
     dirs = []
@@ -137,10 +140,43 @@ def test_compare_overlays_runs(tmp_path):
         cfg = config.load(None, ["data.name=synthetic", "data.synthetic_size=100",
                                  "model.width=4", "train.epochs=1", "train.batch_size=30",
                                  "train.progress=false", "log.dynamics_every=1",
-                                 f"sched.name={sched}", f"name={sched}"])
+                                 "train.precision=fp32", "train.channels_last=false",
+                                 "train.threads=1", f"sched.name={sched}", f"name={sched}"])
         s, run_dir = start_run(cfg, tmp_path)
         fit(s, run_dir)
         dirs.append((sched, run_dir))
+    figures = []
+    real_save = dynamics_module.save_figure
+    monkeypatch.setattr(dynamics_module, "save_figure",
+                        lambda fig, *a, **k: (figures.append(fig), real_save(fig, *a, **k)))
     out = plot_compare(dirs, tmp_path / "cmp.png")
     assert out is not None and out.stat().st_size > 0
+    # what it shows, against dynamics.csv read here: per run, the median update/weight ratio
+    # over the layers at each logged step (top) and the LR of each step (bottom)
+    (fig,) = figures
+    top, bottom = fig.axes
+    for ax in (top, bottom):
+        assert [line.get_label() for line in _labelled(ax)] == ["onecycle", "step"]
+    for (name, run_dir), ratio_line, lr_line in zip(dirs, _labelled(top), _labelled(bottom)):
+        assert ratio_line.get_label() == lr_line.get_label() == name
+        rows = list(csv.DictReader(open(run_dir / "dynamics.csv")))
+        by_step: dict[int, list[float]] = {}
+        for r in rows:
+            if r["metric"] == "update_ratio":  # nan: a layer not measured at that step
+                by_step.setdefault(int(r["step"]), [])
+                if r["value"] != "nan":
+                    by_step[int(r["step"])].append(float(r["value"]))
+        steps = sorted(by_step)
+        assert list(ratio_line.get_xdata()) == steps
+        assert list(ratio_line.get_ydata()) == pytest.approx(
+            [float(np.median(by_step[s])) for s in steps])
+        lr = [(int(r["step"]), float(r["value"])) for r in rows if r["metric"] == "lr"]
+        assert list(lr_line.get_xdata()) == [s for s, _ in lr] and len(lr) == len(steps)
+        assert list(lr_line.get_ydata()) == pytest.approx([v for _, v in lr])
+    onecycle_lr, step_lr = (list(line.get_ydata()) for line in _labelled(bottom))
+    assert len(set(onecycle_lr)) > 1 and len(set(step_lr)) == 1  # two schedules, told apart
     assert plot_compare([("none", tmp_path / "missing")], tmp_path / "x.png") is None
+
+
+def _labelled(ax) -> list:
+    return [line for line in ax.lines if not line.get_label().startswith("_")]

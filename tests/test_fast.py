@@ -17,7 +17,7 @@ from classlab.config import ModelConfig
 from classlab.diagnose import compute_cams
 from classlab.models import MODELS, NORMS, FastNet, build_model, count_params
 from classlab.run.fit import fit
-from classlab.run.folder import start_run
+from classlab.run.start import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_CONFIGS = sorted((ROOT / "experiments").glob("fast*.yaml"))
@@ -137,7 +137,7 @@ def test_fast_recipe_learns_synthetic(tmp_path: Path) -> None:
     cfg = config.load(ROOT / "experiments" / "fast.yaml", [
         "data.name=synthetic", "data.synthetic_size=800", "model.width=8",
         "train.epochs=4", "train.batch_size=64", "optim.lr=0.094", "train.threads=1",
-        "sched.warmup_epochs=0.5"])
+        "sched.warmup_epochs=0.5", "train.precision=fp32", "train.channels_last=false"])
     try:
         s, run_dir = start_run(cfg, tmp_path)
         summary = fit(s, run_dir)

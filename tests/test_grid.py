@@ -16,13 +16,14 @@ from classlab import config, grid
 from classlab.cli import main
 from classlab.config import ConfigError
 from classlab.run.fit import fit
-from classlab.run.folder import resume_run
+from classlab.run.resume import resume_run
 from classlab.rundir import METRIC_FIELDS
 from classlab.rundir.metrics import read_metrics
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = {"data": {"name": "synthetic", "synthetic_size": 200}, "model": {"width": 4},
-        "train": {"epochs": 1, "batch_size": 64, "progress": False},
+        "train": {"epochs": 1, "batch_size": 64, "progress": False, "precision": "fp32",
+                  "channels_last": False},
         "diagnose": {"enabled": False}, "log": {"dynamics_every": 0}}
 SPEC_AXES = {"model.name": ["resnet18", "resnet34"], "model.norm": ["bn", "ln"],
              "sched.name": ["onecycle", "step", "plateau"]}
@@ -153,7 +154,7 @@ def _stop_after_first_epoch(point_dir: Path) -> None:
     def stop(row: dict) -> None:
         raise Stop
 
-    s, *_ = resume_run(point_dir)
+    s = resume_run(point_dir).session
     with pytest.raises(Stop):
         fit(s, point_dir, on_epoch=stop)
     assert _summary(point_dir)["status"] == "running"
@@ -219,14 +220,14 @@ def test_table_from_fake_run_folders(tmp_path, capsys):
         "vs best | ECE | Best-by-val test acc | Epochs | s/epoch | Status | Run folder |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         "| ResNet18 | Batch Normalization | OneCycleLR | 11,173,962 | 85.12% | 80.00% | "
-        "81.46% |  |  | 81.90% (epoch 38) | 40 | 58.3 | finished | [resnet18-bn](resnet18-bn/) |",
-        "| ResNet18 | Layer Normalization | OneCycleLR | 11,173,962 |  |  |  |  |  |  | 3/40 | "
+        "81.46% | – | – | 81.90% (epoch 38) | 40 | 58.3 | finished | [resnet18-bn](resnet18-bn/) |",
+        "| ResNet18 | Layer Normalization | OneCycleLR | 11,173,962 | – | – | – | – | – | – | 3/40 | "
         "57.0 | failed: TrainingError: non-finite loss at epoch 4, step 600 | "
         "[resnet18-ln](resnet18-ln/) |",
         "| ResNet34 | Batch Normalization | OneCycleLR | 21,282,122 | 99.50% | 91.02% | "
-        "90.00% | best |  | 90.11% (epoch 39) | 40 | 101.0 | finished | "
+        "90.00% | best | – | 90.11% (epoch 39) | 40 | 101.0 | finished | "
         "[resnet34-bn](resnet34-bn/) |",
-        "| ResNet34 | Layer Normalization | OneCycleLR |  |  |  |  |  |  |  | 0/40 |  | "
+        "| ResNet34 | Layer Normalization | OneCycleLR | – | – | – | – | – | – | – | 0/40 | – | "
         "not started | [resnet34-ln](resnet34-ln/) |",
     ]
     assert "| ResNet34 | Batch Normalization" in capsys.readouterr().out

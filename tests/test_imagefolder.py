@@ -24,7 +24,7 @@ from classlab import config, data
 from classlab.config import ConfigError, DataConfig
 from classlab.data import DataError, cifar
 from classlab.run.fit import fit
-from classlab.run.folder import start_run
+from classlab.run.start import start_run
 
 COLOURS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "cat": (30, 30, 200)}
 
@@ -163,7 +163,8 @@ def test_imagefolder_trains_and_class_names_reach_the_run(tmp_path: Path) -> Non
                              "data.image_size=24", "model.width=4", "train.epochs=1",
                              "train.batch_size=16", "train.progress=false",
                              "train.device=cpu", "train.threads=1", "log.dynamics_every=0",
-                             "diagnose.enabled=false"])
+                             "diagnose.enabled=false", "train.precision=fp32",
+                             "train.channels_last=false"])
     threads = torch.get_num_threads()
     try:
         s, run_dir = start_run(cfg, tmp_path / "runs")

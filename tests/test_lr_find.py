@@ -27,7 +27,8 @@ from classlab.tools.lr_find import (
 
 TINY = ["data.name=synthetic", "data.synthetic_size=300", "model.width=4",
         "train.batch_size=64", "train.progress=false", "train.device=cpu",
-        "diagnose.enabled=false", "log.dynamics_every=0"]
+        "diagnose.enabled=false", "log.dynamics_every=0", "train.precision=fp32",
+        "train.channels_last=false"]
 
 
 @pytest.fixture(autouse=True)

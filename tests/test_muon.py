@@ -78,3 +78,48 @@ def test_muon_state_round_trips_for_resume():
     for p in net.parameters():
         if p in opt.state:
             assert torch.equal(opt.state[p]["momentum_buffer"], other.state[p]["momentum_buffer"])
+
+
+def _newton_schulz(g: torch.Tensor) -> torch.Tensor:
+    """The published recipe, written out: scale to unit Frobenius norm, work on the wide
+    orientation, then 3 iterations of X <- aX + (bA + cA^2)X with A = XX^T."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.float() / (g.norm() + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(3):
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("out_channels", [8, 40])  # wide and tall [out, in*kh*kw] banks
+def test_muon_filter_update_is_lr_times_orthogonalised_nesterov_momentum(out_channels):
+    """Three steps with different gradients, recomputed here: buffer b = mu*b + g, Nesterov
+    step g + mu*b, bank renormalised to norm sqrt(out), then minus lr * NS(step)."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, out_channels, 3, bias=False)
+    head = nn.Linear(out_channels * 4 * 4, 2)
+    net = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), head)
+    lr, mu = 0.05, 0.6
+    opt = build_optimizer(net, OptimConfig(name="muon", lr=0.1, muon_lr=lr, muon_momentum=mu,
+                                           weight_decay=0.0))
+    w = conv.weight.detach().clone()
+    buf = torch.zeros_like(w)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(6, 3, 6, 6, generator=gen)).square().mean().backward()
+        g = conv.weight.grad.detach().clone()
+        opt.step()
+        buf = mu * buf + g
+        step = g + mu * buf
+        update = _newton_schulz(step.reshape(out_channels, -1)).view(w.shape)
+        renormalised = w * out_channels ** 0.5 / w.norm()
+        assert renormalised.norm().item() == pytest.approx(out_channels ** 0.5, rel=1e-6)
+        w = renormalised - lr * update
+        assert torch.allclose(conv.weight, w, atol=1e-6, rtol=1e-5)
+        # the bank the update was applied to had norm sqrt(out)
+        assert (conv.weight.detach() + lr * update).norm().item() == pytest.approx(
+            out_channels ** 0.5, rel=1e-5)

@@ -71,6 +71,13 @@ def test_every_optimizer_with_every_scheduler_steps(opt, sched):
     assert all(math.isfinite(v) and v > 0 for v in seen)
     if sched not in ("none", "plateau"):
         assert len(set(seen)) > 1, "the LR never moved"
+    if sched in ("linear", "cosine"):  # the closed form: 1 epoch of linear warm-up, then decay
+        lr = OptimConfig().muon_lr if opt == "muon" else 0.1  # the first group's LR
+        warm, rest = STEPS, EPOCHS * STEPS - STEPS
+        up = [lr * (1 / (warm + 1) + (1 - 1 / (warm + 1)) * t / warm) for t in range(warm)]
+        down = [lr * (1 - t / rest) if sched == "linear"
+                else lr * (1 + math.cos(math.pi * t / rest)) / 2 for t in range(rest)]
+        assert seen == pytest.approx(up + down, rel=1e-6, abs=1e-9)
 
 
 def test_onecycle_matches_torch():

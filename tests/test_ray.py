@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,19 +30,16 @@ RAY = Path(sys.executable).with_name("ray")
 BASE = {"data": {"name": "synthetic", "synthetic_size": 300},
         "model": {"width": 4},
         "train": {"epochs": 2, "batch_size": 64, "progress": False, "device": "cpu",
-                  "threads": 1},
+                  "threads": 1, "precision": "fp32", "channels_last": False},
         "log": {"dynamics_every": 0}, "diagnose": {"enabled": False}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _ray(*args: str) -> None:
-    subprocess.run([str(RAY), *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=180)
+def _ray(*args: str) -> str:
+    """Run the ``ray`` command line; its output (AssertionError with it when it fails)."""
+    done = subprocess.run([str(RAY), *args], capture_output=True, text=True, timeout=180)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"ray {' '.join(args)} failed:\n{out[-3000:]}"
+    return out
 
 
 # Ray turns 127.0.0.1 into the machine's outward address; 127.0.0.2 (also loopback) it keeps,
@@ -52,8 +49,9 @@ HOST = "127.0.0.2"
 
 @pytest.fixture(scope="module")
 def cluster():
-    """HOST:PORT of a two-node cluster on this machine; ``ray stop`` on the way out."""
-    port = _free_port()
+    """HOST:PORT of a two-node cluster on this machine; ``ray stop`` on the way out. The
+    head's port is chosen by Ray itself (--port=0): a port picked here and released before
+    Ray binds it could be taken in between."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
     # No token authentication for a throwaway cluster on loopback (the driver, this process,
     # must agree); no usage statistics sent anywhere.
@@ -61,10 +59,13 @@ def cluster():
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     common = ["--num-cpus=1", "--disable-usage-stats", f"--node-ip-address={HOST}"]
     try:
-        _ray("start", "--head", f"--port={port}", "--include-dashboard=false",
-             f"--temp-dir={temp}", *common)
-        _ray("start", f"--address={HOST}:{port}", *common)
-        yield f"{HOST}:{port}"
+        out = _ray("start", "--head", "--port=0", "--include-dashboard=false",
+                   f"--temp-dir={temp}", *common)
+        # "ray start --address='HOST:PORT'": how the head tells other nodes where it is
+        found = re.search(rf"--address='({re.escape(HOST)}:\d+)'", out)
+        assert found, out
+        _ray("start", f"--address={found.group(1)}", *common)
+        yield found.group(1)
     finally:
         subprocess.run([str(RAY), "stop", "--force"], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=120)
@@ -185,6 +186,28 @@ def _wait_for_epoch(point: Path, p: subprocess.Popen, timeout: float = 240) -> i
     raise AssertionError("the point never finished its first epoch")
 
 
+def _worker_pids(point: Path) -> set[int]:
+    """Pids of the processes that trained ``point`` (its train.log's "==== ... pid N")."""
+    log = point / "train.log"
+    text = log.read_text() if log.is_file() else ""
+    return {int(x) for x in re.findall(r"^==== .* pid (\d+) on ", text, re.M)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended: only its exit status is left
+
+
+def _wait_until(condition, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.05)
+
+
 def test_an_interrupted_driver_restarts_without_redoing_finished_points(cluster, tmp_path):
     # one short point and two long ones: the interrupt comes after the short one finished,
     # while the long ones surely still train
@@ -207,11 +230,14 @@ def test_an_interrupted_driver_restarts_without_redoing_finished_points(cluster,
     finished = {s.parent.name for s in gdir.glob("*/summary.json")
                 if yaml.safe_load(s.read_text()).get("status") == "finished"}
     assert finished and len(finished) < 3
-    # the outstanding tasks were cancelled: nothing trains on after the driver has gone
-    time.sleep(2)  # (a worker still finishing its current step may write one more row)
-    sizes = {m: m.stat().st_size for m in gdir.glob("*/metrics.csv")}
-    time.sleep(3)
-    assert {m: m.stat().st_size for m in gdir.glob("*/metrics.csv")} == sizes
+    # the outstanding tasks were cancelled: nothing trains on after the driver has gone (the
+    # worker processes that trained the unfinished points end; Ray's workers belong to the
+    # driver's job)
+    workers = set().union(*(_worker_pids(d) for d in gdir.iterdir()
+                            if d.is_dir() and d.name not in finished))
+    assert workers  # at least the long point that was training when the driver stopped
+    _wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=60,
+                what=f"the workers {sorted(workers)} to end")
     p = _driver(*args)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out

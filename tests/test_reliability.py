@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -56,16 +57,18 @@ from classlab.engine import TrainingError, epoch_generator, seed_everything, ste
 from classlab.run import control as control_module
 from classlab.run import fit as fit_module
 from classlab.run.fit import fit
-from classlab.run.folder import resume_run, start_run
+from classlab.run.resume import resume_run
 from classlab.run.session import Session
 from classlab.run.signals import TEST_SIGNAL_ENV
+from classlab.run.start import start_run
 from classlab.rundir import atomic_write_bytes, make_run_dir, write_json
 from classlab.rundir import files as rundir_files
 from classlab.rundir.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from classlab.rundir.metrics import append_metrics, read_metrics
 
 COMMON = ["data.name=synthetic", "model.width=4", "train.batch_size=32", "train.progress=false",
-          "diagnose.enabled=false", "train.device=cpu", "train.threads=1"]
+          "diagnose.enabled=false", "train.device=cpu", "train.threads=1",
+          "train.precision=fp32", "train.channels_last=false"]
 # The crash test's config (the issue's): 360 train images = 12 steps per epoch.
 CRASH = ["name=crash", *COMMON, "data.synthetic_size=400", "train.epochs=3",
          "log.dynamics_every=2"]
@@ -397,13 +400,14 @@ def test_killed_anywhere_resumes_bit_identical(tmp_path, reference, arm):
         arm(mp, s)
         with pytest.raises(Killed):
             fit(s, run_dir)
-    s2, epoch, best, wall = resume_run(run_dir)
+    resumed = resume_run(run_dir)
+    s2, epoch = resumed.session, resumed.progress.epoch
     assert epoch in (1, 2)
     saved = load_checkpoint(run_dir / "last.pt")["rng"]  # global RNGs are restored too
     assert torch.equal(torch.get_rng_state(), saved["torch"])
     assert list(random.getstate()[1]) == saved["python"]
     assert np.array_equal(np.random.get_state()[1], saved["numpy"].numpy())
-    fit(s2, run_dir, epoch, best, wall)
+    fit(s2, run_dir, resumed.progress)
     assert_same_run(ref, run_dir, 3)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
@@ -576,9 +580,11 @@ def test_periodic_midepoch_checkpoint_is_written_and_resumed_after_a_kill(tmp_pa
     # 4 steps per epoch: steps 1-3 get a periodic checkpoint, step 4 the end-of-epoch one
     assert written == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
-    s2, epoch, best, wall = resume_run(run_dir)
-    assert epoch == 1 and (s2.position.epoch, s2.position.step) == (2, 3)
-    fit(s2, run_dir, epoch, best, wall)
+    resumed = resume_run(run_dir)
+    s2, epoch = resumed.session, resumed.progress.epoch
+    pos = resumed.progress.position
+    assert epoch == 1 and (pos.epoch, pos.step) == (2, 3)
+    fit(s2, run_dir, resumed.progress)
     assert_same_run(reference(SMALL), run_dir, 3)
 
 
@@ -599,6 +605,7 @@ def test_checkpoint_holding_a_python_object_is_refused(tmp_path, capsys):
     marker = tmp_path / "code-ran"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(config.dump(config.load(None)))
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1, "config": {},
                 "payload": _MakesFolder(marker)}, run_dir / "last.pt")
     with pytest.raises(CheckpointError) as e:
@@ -964,23 +971,34 @@ def test_fuzz_overrides(capsys):
 
 # Odd YAML values and keys found by the fuzz tests: each is a one-line ConfigError.
 
-@pytest.mark.parametrize("override, file_text", [
-    ("name=2001-13-45", "name: 2001-13-45\n"),
-    ("train.epochs=!!int x", "train: {epochs: !!int x}\n"),
-    ("train.epochs=!!int", "train: {epochs: !!int }\n"),
-    ("train.progress=!!bool maybe", "train: {progress: !!bool maybe}\n"),
-    ("name=!!timestamp x", "name: !!timestamp x\n"),
-    ("optim.lr=!!float fast", "optim: {lr: !!float fast}\n"),
-    ("aug.ops=" + "[" * 1000, "aug: {ops: " + "[" * 1000 + "}\n"),
-], ids=["timestamp", "int-tag", "empty-int-tag", "bool-tag", "timestamp-tag", "float-tag",
+@pytest.mark.parametrize("override, file_text, as_override", [
+    # an override's value YAML cannot construct is taken as its text: a valid name...
+    ("name=2001-13-45", "name: 2001-13-45\n", "2001-13-45"),
+    ("name=!!timestamp x", "name: !!timestamp x\n", "!!timestamp x"),
+    # ...and for any other type, the key's type check reports that text
+    ("train.epochs=!!int x", "train: {epochs: !!int x}\n",
+     r"^train\.epochs: expected an integer, got '!!int x'$"),
+    ("train.epochs=!!int", "train: {epochs: !!int }\n",
+     r"^train\.epochs: expected an integer, got '!!int'$"),
+    ("train.progress=!!bool maybe", "train: {progress: !!bool maybe}\n",
+     r"^train\.progress: expected true or false, got '!!bool maybe'$"),
+    ("optim.lr=!!float fast", "optim: {lr: !!float fast}\n",
+     r"^optim\.lr: expected a number, got '!!float fast'$"),
+    ("aug.ops=" + "[" * 1000, "aug: {ops: " + "[" * 1000 + "}\n",
+     r"^aug\.ops: unknown value '\[+\.\.\.\[+'; allowed: crop, cutout, flip, rotate$"),
+], ids=["timestamp", "timestamp-tag", "int-tag", "empty-int-tag", "bool-tag", "float-tag",
         "deep-nesting"])
-def test_yaml_constructor_errors_are_config_errors(tmp_path, override, file_text):
-    for fn in (lambda: config.load(None, [override]),
-               lambda: config.load(_write(tmp_path / "c.yaml", file_text))):
-        try:
-            assert isinstance(fn(), Config)
-        except ConfigError as e:
-            assert len(str(e).splitlines()) == 1
+def test_yaml_constructor_errors_are_config_errors(tmp_path, override, file_text, as_override):
+    # in a file, YAML that cannot be constructed is never valid: one line naming the file
+    path = _write(tmp_path / "c.yaml", file_text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not valid YAML \(a value "
+                       r"YAML cannot construct: \w+\)$"):
+        config.load(path)
+    if as_override.startswith("^"):
+        with pytest.raises(ConfigError, match=as_override):
+            config.load(None, [override])
+    else:
+        assert config.load(None, [override]).name == as_override
 
 
 def _write(path: Path, text: str) -> Path:
@@ -1009,19 +1027,23 @@ def test_yaml_alias_bomb_gives_a_short_message(tmp_path):
     assert len(str(e.value)) < 1000
 
 
-@pytest.mark.parametrize("override", [
-    "train.device=cuda:\u00b2",
-    "train.seed=100000000000000",
-    "data.seed=-1",
-    "train.seed=-1",
-    "train.seed=4294967295",
-    "train.device=cuda:12",
+@pytest.mark.parametrize("override, valid", [
+    ("train.device=cuda:\u00b2", False),  # a superscript digit is not a device index
+    ("train.seed=100000000000000", False),  # seeds are below 2**32 (numpy's limit)
+    ("train.seed=4294967296", False),
+    ("data.seed=-1", False),
+    ("train.seed=-1", False),
+    ("train.seed=4294967295", True),  # 2**32 - 1: the largest seed
+    ("train.device=cuda:12", True),  # any index: whether that GPU exists is the run's check
 ])
-def test_a_config_that_validates_can_be_used(override):
-    try:
-        cfg = config.load(None, [override])
-    except ConfigError:
+def test_a_config_that_validates_can_be_used(override, valid):
+    key = override.partition("=")[0]
+    if not valid:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: ") as e:
+            config.load(None, [override])
+        assert len(str(e.value).splitlines()) == 1
         return
+    cfg = config.load(None, [override])
     torch.device("cpu" if cfg.train.device == "auto" else cfg.train.device)
     seed_everything(cfg.train.seed)
     epoch_generator(cfg.train.seed, cfg.train.epochs, torch.device("cpu"))
@@ -1062,28 +1084,17 @@ def _train_tiny(out: Path) -> int:
     return main(["train", *SMALL, "train.epochs=1", "--out", str(out)])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions (see the file test)")
-def test_unwritable_out_folder_is_one_line(tmp_path, capsys):
-    out = tmp_path / "ro"
-    out.mkdir()
-    out.chmod(0o500)
-    try:
-        rc = _train_tiny(out)
-    finally:
-        out.chmod(0o700)
-    err = _one_line(capsys.readouterr().err)
-    assert rc == 2 and str(out) in err and list(out.iterdir()) == []
-
-
 @pytest.mark.parametrize("below", ["somefile/runs", "somefile"])
-def test_out_folder_under_a_regular_file_is_one_line(tmp_path, capsys, below):
-    # fails for root too (a file cannot hold folders), unlike chmod
+def test_out_folder_that_cannot_be_created_is_one_line(tmp_path, capsys, below):
+    # a regular file where the --out folder (or a folder above it) should be: unwritable for
+    # root too, unlike a chmod-ed folder (which root writes into anyway)
     (tmp_path / "somefile").write_text("not a folder")
     out = tmp_path / below
     rc = _train_tiny(out)
     err = _one_line(capsys.readouterr().err)
     assert rc == 2 and err.startswith("classlab train: error: ") and str(out) in err
     assert (tmp_path / "somefile").read_text() == "not a folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["somefile"]  # nothing written anywhere
 
 
 class _DiskFull:
@@ -1117,9 +1128,10 @@ def test_disk_full_at_second_checkpoint_keeps_the_first(tmp_path, monkeypatch, r
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [], \
         "temporary files left behind"
     # space freed: resuming gives the uninterrupted run
-    s2, epoch, best, wall = resume_run(run_dir)
+    resumed = resume_run(run_dir)
+    s2, epoch = resumed.session, resumed.progress.epoch
     assert epoch == 1
-    fit(s2, run_dir, epoch, best, wall)
+    fit(s2, run_dir, resumed.progress)
     assert_same_run(reference(SMALL), run_dir, 3)
 
 

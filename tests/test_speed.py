@@ -1,4 +1,4 @@
-"""The measured precision / memory-format choice (engine.probe, run.speed): it picks the
+"""The measured precision / memory-format choice (engine.probe, engine.precision): it picks the
 faster candidate, stops slow ones early, never touches the run's weights or random streams,
 caches per machine / torch version / model / batch, and follows the CUDA rule."""
 
@@ -13,11 +13,11 @@ import torch
 
 from classlab import config
 from classlab.config import ConfigError
+from classlab.engine import precision as speed_mod
+from classlab.engine.precision import candidates, choose_speed
 from classlab.engine.probe import Candidate, probe
 from classlab.models import build_model
-from classlab.run import speed as speed_mod
 from classlab.run.session import build_session, default_threads
-from classlab.run.speed import candidates, choose_speed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

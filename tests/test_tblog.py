@@ -18,7 +18,8 @@ from classlab.run import tensorboard
 
 TINY = ["name=tb", "data.name=synthetic", "data.synthetic_size=300", "model.width=4",
         "train.epochs=2", "train.batch_size=64", "train.progress=false", "train.device=cpu",
-        "train.threads=1", "diagnose.enabled=false", "log.dynamics_every=0"]
+        "train.threads=1", "diagnose.enabled=false", "log.dynamics_every=0",
+        "train.precision=fp32", "train.channels_last=false"]
 
 
 @pytest.fixture(autouse=True)

@@ -15,15 +15,17 @@ from classlab.augment import make_generator
 from classlab.cli import main
 from classlab.engine import TTA, Dist, Ema, Normalizer, evaluate
 from classlab.run.fit import fit, update_best
-from classlab.run.folder import resume_run, start_run
+from classlab.run.resume import resume_run
 from classlab.run.session import session_from_run
+from classlab.run.start import start_run
 from classlab.rundir import METRIC_FIELDS, RunFiles
 from classlab.rundir.checkpoint import load_checkpoint, load_test_outputs
 from classlab.rundir.metrics import read_metrics
 
 TINY = ["name=tiny", "data.name=synthetic", "data.synthetic_size=300", "model.width=4",
         "train.epochs=2", "train.batch_size=64", "train.progress=false",
-        "diagnose.enabled=false", "log.dynamics_every=3"]
+        "diagnose.enabled=false", "log.dynamics_every=3", "train.precision=fp32",
+        "train.channels_last=false"]
 
 
 def _run(tmp_path, *extra, out="runs"):
@@ -106,9 +108,10 @@ def test_resume_is_bit_identical_and_never_duplicates_rows(tmp_path):
         f.write("3,0.001,2.2")
     with open(part / "dynamics.csv", "a") as f:
         f.write("999999,3,conv1.weight,grad_norm,1.0\n999999,3,conv1")
-    s2, epoch, best, wall = resume_run(part)
+    resumed = resume_run(part)
+    s2, epoch = resumed.session, resumed.progress.epoch
     assert epoch == 2
-    fit(s2, part, epoch, best, wall)
+    fit(s2, part, resumed.progress)
     wf, wp = (load_checkpoint(d / "last.pt")["model"] for d in (full, part))
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     mf, mp = (read_metrics(d / "metrics.csv") for d in (full, part))
@@ -255,9 +258,10 @@ def test_fast_recipe_options_resume_bit_identically(tmp_path):
              "train.eval_every=0"]
     full, _ = _run(tmp_path, *extra, out="full")
     part = _interrupted_run(tmp_path, extra, after_epoch=1)
-    s2, epoch, best, wall = resume_run(part)
+    resumed = resume_run(part)
+    s2, epoch = resumed.session, resumed.progress.epoch
     assert epoch == 1 and s2.lookahead.steps == s2.steps_per_epoch
-    fit(s2, part, epoch, best, wall)
+    fit(s2, part, resumed.progress)
     wf, wp = (load_checkpoint(d / "last.pt")["model"] for d in (full, part))
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     # the run ended on Lookahead's slow weights

@@ -14,7 +14,6 @@ imported inside the functions that need it. :func:`train` runs the same run flow
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +71,7 @@ class Run:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.device = device
         self._session = session
+        self._epoch: int | None = None  # the epoch last.pt's weights are from, once loaded
         self._config: Config | None = None
 
     def __repr__(self) -> str:
@@ -104,30 +104,26 @@ class Run:
             return {}
 
     def session(self) -> Any:
-        """The :class:`classlab.run.session.Session` whose model holds the evaluated weights
-        (the training session after :func:`train`; else built from ``last.pt``, once)."""
+        """The :class:`classlab.run.session.Session` of the run (the training session after
+        :func:`train`; else built from ``last.pt``, once); its ``eval_model`` holds the
+        weights that count and its ``evaluate(split)`` scores them."""
         if self._session is None:
             from classlab.run.session import session_from_run
 
-            self._session, _ = session_from_run(self.dir, self.data_dir, self.device)
-        s = self._session
-        if s.ema is not None:  # metrics were measured on the EMA weights: use those
-            s = dataclasses.replace(s, model=s.ema.model, ema=None, net=None)
-        return s
+            self._session, state = session_from_run(self.dir, self.data_dir, self.device)
+            self._epoch = int(state["epoch"])
+        return self._session
 
     def evaluate(self, split: str = "test") -> dict:
-        """``{"loss", "acc", "n"}`` of the run's model on ``split`` (train, val or test),
-        without augmentation and with the run's ``train.tta``: for the last epoch's
-        checkpoint, the numbers in metrics.csv (train: the clean-image equivalent)."""
+        """``{"loss", "acc", "n", "epoch"}`` of the run's model on ``split`` (train, val or
+        test), without augmentation and with the run's ``train.tta``: for the last epoch's
+        checkpoint, the numbers in metrics.csv (train: the clean-image equivalent). ``epoch``:
+        the finished epochs the evaluated weights hold."""
         if split not in SPLITS:
             raise ValueError(f"split: unknown value {split!r}; allowed: {', '.join(SPLITS)}")
-        from classlab.engine import evaluate
-
-        s = self.session()
-        x, y = s.data[split]
-        res = evaluate(s.model, x, y, normalize=s.normalize,
-                         batch_size=s.cfg.train.eval_batch_size, amp=s.amp, tta=s.cfg.train.tta)
-        return {"loss": res.loss, "acc": res.acc, "n": res.n}
+        res = self.session().evaluate(split)
+        epoch = self._epoch if self._epoch is not None else self.summary.get("epochs_done")
+        return {"loss": res.loss, "acc": res.acc, "n": res.n, "epoch": epoch}
 
     def diagnose(self, **kw: Any) -> dict:
         """:func:`classlab.run.diagnosis.diagnose_run` on this run (keywords: layers,

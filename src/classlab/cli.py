@@ -185,14 +185,10 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from classlab.engine import evaluate
-    from classlab.run.session import session_from_run, torch_threads
+    from classlab.run.session import session_from_run
 
-    s, state = session_from_run(a.run, a.data_dir, a.device)
-    with torch_threads(s.cfg.train.threads):
-        x, y = s.data["test"]
-        res = evaluate(s.model, x, y, normalize=s.normalize,
-                       batch_size=s.cfg.train.eval_batch_size, amp=s.amp, tta=s.cfg.train.tta)
+    s, state = session_from_run(a.run, a.data_dir, a.device)  # last.pt is enough
+    res = s.evaluate("test")
     print(f"Test set: Average loss: {res.loss:.4f}, Accuracy: {round(res.acc * res.n / 100)}/"
           f"{res.n} ({res.acc:.2f}%)  [checkpoint epoch {state['epoch']}]")
     return 0

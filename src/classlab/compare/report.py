@@ -26,6 +26,7 @@ from classlab.compare.paired import (
     load_outputs,
     paired_test,
 )
+from classlab.fmt import is_nan, pct
 from classlab.report.blocks import Block, H, Img, Md, P, Table
 from classlab.report.dynamics import plot_compare
 from classlab.report.htmlpage import to_html
@@ -74,15 +75,11 @@ def _open(run_dir: Path, evaluate: bool, data_root: Path | None) -> Compared:
 
 def _evaluate(run_dir: Path, data_root: Path | None) -> RunOutputs:
     """Score the run's checkpoint on its test set now (``--evaluate``), keeping it in memory."""
-    from classlab.engine import evaluate
-    from classlab.run.session import session_from_run, torch_threads
+    from classlab.run.session import session_from_run
 
     s, _ = session_from_run(run_dir, data_root)
-    x, y = s.data["test"]
-    with torch_threads(s.cfg.train.threads):
-        ev = evaluate(s.model, x, y, normalize=s.normalize,
-                      batch_size=s.cfg.train.eval_batch_size, amp=s.amp, keep_outputs=True,
-                      tta=s.cfg.train.tta)
+    ev = s.evaluate("test", keep_outputs=True)
+    y = s.data["test"][1]
     return RunOutputs(Path(run_dir), y.cpu().numpy().astype(np.int64), ev.probs.float().numpy())
 
 
@@ -127,10 +124,6 @@ def _show(v: Any) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _pct(v: Any) -> str:
-    return "–" if not isinstance(v, (int, float)) or v != v else f"{v:.2f}%"
-
-
 def _final(r: Compared, key: str) -> Any:
     return (r.summary.get("final") or {}).get(key)
 
@@ -151,8 +144,8 @@ def _metrics_blocks(runs: list[Compared]) -> tuple[list[Block], list[str]]:
                          f"test accuracy on the same {len(r.outputs.labels):,} images, "
                          f"{stats.format_p(t.p)} (McNemar's exact test)"
                          + (" — not distinguishable at 5%" if t.p >= 0.05 else ""))
-        rows.append([r.name, _pct(_final(r, "train_acc")), _pct(_final(r, "val_acc")),
-                     _pct(acc), vs])
+        rows.append([r.name, pct(_final(r, "train_acc")), pct(_final(r, "val_acc")),
+                     pct(acc), vs])
     table = Table(["run", "train acc", "val acc", "test acc (stored outputs)",
                    "vs the first run (paired test)"], rows, "lrrrl")
     return [H(2, "Final metrics"), table], lines
@@ -184,7 +177,7 @@ def _curves(runs: list[Compared], path: Path) -> bool:
                      label=r.name)
         for split, style in (("val", "--"), ("test", "-")):
             ys = [m[f"{split}_acc"] for m in r.metrics]
-            if any(y == y for y in ys):
+            if not all(is_nan(y) for y in ys):
                 axes[1].plot(ep, ys, marker="o", ms=3, ls=style, color=f"C{i}",
                              label=f"{r.name} ({split})")
     axes[0].set(xlabel="epoch", ylabel="training loss (mean per image)",

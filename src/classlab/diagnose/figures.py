@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from classlab.fmt import is_nan
 from classlab.rundir import RunFiles, save_figure
 from classlab.rundir.metrics import read_metrics
 
@@ -68,7 +69,7 @@ def plot_curves(run_dir: Path, out: Path) -> bool:
                              (axes[1], "acc", "accuracy (%)")):
         for split in ("train", "val", "test"):
             ys = [r[f"{split}_{what}"] for r in rows]
-            if all(v != v for v in ys):  # no such split (e.g. val_split=0)
+            if all(is_nan(v) for v in ys):  # no such split (e.g. val_split=0)
                 continue
             ax.plot(epochs, ys, marker="o", ms=3, color=colors[split], label=split)
         ax.set_xlabel("epoch")
@@ -264,11 +265,11 @@ def plot_per_class(classes: list[str], acc: list[float], out: Path,
     """Bar per class (accuracy %), with the overall test accuracy as a dashed line."""
     fig = Figure(figsize=(max(6.0, 0.75 * len(classes) + 2), 4.3), layout="constrained")
     ax = fig.subplots()
-    vals = [0.0 if a != a else a for a in acc]
+    vals = [0.0 if is_nan(a) else a for a in acc]
     bars = ax.bar(range(len(classes)), vals, color="tab:blue")
     for b, a in zip(bars, acc, strict=True):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1,
-                "n/a" if a != a else f"{a:.1f}", ha="center", va="bottom", fontsize=8)
+                "n/a" if is_nan(a) else f"{a:.1f}", ha="center", va="bottom", fontsize=8)
     if overall is not None:
         ax.axhline(overall, color="tab:red", ls="--", lw=1.2,
                    label=f"all classes: {overall:.2f}%")
@@ -320,10 +321,10 @@ def _method_colours(methods: list[str]) -> dict[str, str]:
 def _verdict(row: dict) -> str:
     """ins−del gain over the random map ± standard error, and whether it beats chance."""
     gain, se = row.get("gain"), row.get("gain_se")
-    if gain is None or gain != gain:
+    if gain is None or is_nan(gain):
         return "n/a"
     mark = "better than chance" if row.get("better_than_chance") else "not above chance"
-    return f"{gain:+.3f} ± {se:.3f}: {mark}" if se == se else f"{gain:+.3f}"
+    return f"{gain:+.3f} ± {se:.3f}: {mark}" if not is_nan(se) else f"{gain:+.3f}"
 
 
 def plot_faithfulness(curves: dict, rows: list[dict], layers: list[str], methods: list[str],

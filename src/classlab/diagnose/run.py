@@ -37,7 +37,7 @@ from classlab.diagnose.figures import (
     plot_pred_vs_true,
     to_hwc,
 )
-from classlab.diagnose.tables import confusion_matrix, fmt, top_confused
+from classlab.diagnose.tables import confusion_matrix, top_confused
 from classlab.diagnose.trust import (
     calibration_step,
     coarse_notes,
@@ -45,7 +45,7 @@ from classlab.diagnose.trust import (
     methods_figure,
     sanity_step,
 )
-from classlab.engine import evaluate
+from classlab.fmt import csv_number, is_nan
 from classlab.models import build_model
 from classlab.rundir import PREDICTION_FIELDS, RunFiles, write_json
 from classlab.rundir.checkpoint import load_test_outputs
@@ -124,12 +124,6 @@ def skeleton(state: dict) -> nn.Module:
         return build_model(cfg.model, num_classes=len(state.get("classes") or range(10)))
 
 
-def eval_model(s) -> nn.Module:
-    """The weights whose metrics the run reported (the EMA copy when the run keeps one)."""
-    model = getattr(s, "eval_model", None)
-    return s.model if model is None else model
-
-
 def resolve_args(cfg: Any, layers: list[str] | str | None, method: str | None,
                   count: int | None, target: str | None) -> Args:
     """The arguments given, else the run config's ``diagnose`` section."""
@@ -149,7 +143,7 @@ def resolve_args(cfg: Any, layers: list[str] | str | None, method: str | None,
 # --------------------------------------------------------------------------- predictions
 
 
-def predict(s, model: nn.Module, files: RunFiles, ckpt_epoch: int | None) -> Predictions:
+def predict(s, files: RunFiles, ckpt_epoch: int | None) -> Predictions:
     """The test set's predictions with the run's test-time augmentation (the predictions
     behind its reported test accuracy): the outputs the last epoch of training saved for
     this checkpoint, recomputed only when they are missing or belong to another one."""
@@ -159,15 +153,14 @@ def predict(s, model: nn.Module, files: RunFiles, ckpt_epoch: int | None) -> Pre
         probs, losses = saved
         return Predictions(y_dev.cpu(), probs.argmax(1), probs.float(), losses.float())
     # the run's own precision and memory format (s.amp, s.normalize), as in training
-    ev = evaluate(model, x_u8, y_dev, normalize=s.normalize,
-                  batch_size=s.cfg.train.eval_batch_size, amp=s.amp, keep_outputs=True,
-                  tta=s.cfg.train.tta)
+    ev = s.evaluate("test", keep_outputs=True)
     return Predictions(y_dev.cpu(), ev.preds, ev.probs.float(), ev.losses.float())
 
 
 def _write_predictions(path: Path, p: Predictions, classes: list[str]) -> None:
     write_csv(path, PREDICTION_FIELDS,
-              [[i, int(a), int(b), fmt(float(c)), fmt(float(lo)), classes[a], classes[b]]
+              [[i, int(a), int(b), csv_number(float(c)), csv_number(float(lo)), classes[a],
+                classes[b]]
                for i, (a, b, c, lo) in enumerate(zip(p.y.tolist(), p.pred.tolist(),
                                                      p.conf.tolist(), p.losses.tolist()))])
 
@@ -196,7 +189,7 @@ def _tables(p: Predictions, classes: list[str], files: RunFiles) -> tuple[list, 
     cm = confusion_matrix(p.y, p.pred, len(classes))  # [K,K]
     per_class = _per_class(cm, classes)
     write_csv(files.per_class_csv, ["class_id", "class", "images", "correct", "accuracy"],
-              [[i, r["class"], r["images"], r["correct"], fmt(r["accuracy"])]
+              [[i, r["class"], r["images"], r["correct"], csv_number(r["accuracy"])]
                for i, r in enumerate(per_class)])
     plot_per_class(classes, [r["accuracy"] for r in per_class], files.per_class,
                    100.0 * p.correct / len(p.y))
@@ -270,7 +263,7 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
     ``checkpoint_epoch``: the epoch those weights are from (None: summary.json's)."""
     t_start, seconds = time.perf_counter(), dict(seconds or {})
     run_dir, files = Path(run_dir), RunFiles(run_dir)
-    model, classes = eval_model(s), list(s.splits.classes)
+    model, classes = s.eval_model, list(s.splits.classes)
     if len(s.data["test"][0]) == 0:
         raise DiagnoseError(f"{run_dir}: the test split is empty")
     # The layers' map sizes (h, w), checked on the real model before anything is written.
@@ -280,7 +273,7 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
     epoch = checkpoint_epoch if checkpoint_epoch is not None else _epochs_done(files)
 
     t = time.perf_counter()
-    p = predict(s, model, files, epoch)
+    p = predict(s, files, epoch)
     _write_predictions(files.predictions, p, classes)
     seconds["predictions"] = time.perf_counter() - t
 
@@ -302,7 +295,7 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
 
     t = time.perf_counter()
     normalize = s.normalize  # the run's memory format and (s.amp) precision
-    calibration = calibration_step(s, model, p.probs, p.y, normalize, files)
+    calibration = calibration_step(s, p.probs, p.y, files)
     seconds["calibration"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -408,7 +401,7 @@ def _epochs_done(files: RunFiles) -> int | None:
 
 def _jsonable(obj: Any) -> Any:
     """NaN is not JSON: write null instead."""
-    if isinstance(obj, float) and obj != obj:
+    if is_nan(obj):
         return None
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}

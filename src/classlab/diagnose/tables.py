@@ -5,10 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def fmt(v: float, digits: int = 6) -> str:
-    return "" if v != v else f"{v:.{digits}g}"
-
-
 def confusion_matrix(y: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
     """[K,K] int64 counts, rows = true, columns = predicted; all K classes always present."""
     return torch.bincount(y.long() * k + pred.long(), minlength=k * k).view(k, k)

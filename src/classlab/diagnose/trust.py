@@ -9,8 +9,6 @@ JSON-ready part of diagnose.json.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
@@ -31,8 +29,7 @@ from classlab.diagnose.figures import (
     plot_sanity_maps,
 )
 from classlab.diagnose.sanity import FLAG_RHO, randomisation_check
-from classlab.diagnose.tables import fmt
-from classlab.engine import evaluate
+from classlab.fmt import csv_number, is_nan
 from classlab.rundir import RunFiles
 from classlab.rundir.metrics import write_csv
 
@@ -55,8 +52,8 @@ SANITY_FIELDS = ["method", "layer", "step", "randomised", "rho"]
 # --------------------------------------------------------------------------- calibration
 
 
-def calibration_step(s, model: nn.Module, test_probs: torch.Tensor, test_y: torch.Tensor,
-                     normalize: Any, files: RunFiles) -> dict:
+def calibration_step(s, test_probs: torch.Tensor, test_y: torch.Tensor,
+                     files: RunFiles) -> dict:
     """ECE / MCE of the test predictions (15 bins), temperature scaling fitted on the
     validation split (one pass over it, with the run's TTA so that its outputs are made like
     the test outputs; skipped with a note when there is none); reliability.png and
@@ -64,9 +61,7 @@ def calibration_step(s, model: nn.Module, test_probs: torch.Tensor, test_y: torc
     val_x, val_y = s.data["val"]
     val_logits = val_labels = None
     if len(val_x):
-        ev = evaluate(model, val_x, val_y, normalize=normalize,
-                      batch_size=s.cfg.train.eval_batch_size, amp=s.amp, keep_outputs=True,
-                      tta=s.cfg.train.tta)
+        ev = s.evaluate("val", keep_outputs=True)
         val_logits, val_labels = probs_to_logits(ev.probs), val_y.cpu()
     summary = calibration_summary(test_probs, test_y, val_logits, val_labels, n_bins=15)
     summary["val_images"] = int(len(val_x))
@@ -107,7 +102,7 @@ def faithfulness_step(s, model: nn.Module, x: torch.Tensor, targets: torch.Tenso
     rows = f.rows(cells)
     write_csv(files.faithfulness_csv, FAITH_FIELDS,
               [[r["method"], r["layer"], f"{r['cells'][0]}x{r['cells'][1]}", r["images"],
-                *(fmt(r[k]) for k in FAITH_FIELDS[4:10]), int(r["better_than_chance"])]
+                *(csv_number(r[k]) for k in FAITH_FIELDS[4:10]), int(r["better_than_chance"])]
                for r in rows])
     curves = {k: (v[0].tolist(), v[1].tolist()) for k, v in f.curves.items()}
     plot_faithfulness(curves, rows, layers, methods, TITLES, f.fill, files.faithfulness)
@@ -132,7 +127,7 @@ def sanity_step(s, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     res = randomisation_check(model, maps_fn, trained, seed=SEED)
     rows = res.rows()
     write_csv(files.sanity_csv, SANITY_FIELDS,
-              [[r["method"], r["layer"], i + 1, step, fmt(rho) if rho is not None else ""]
+              [[r["method"], r["layer"], i + 1, step, csv_number(rho) if rho is not None else ""]
                for r in rows for i, (step, rho) in enumerate(zip(r["steps"], r["rho"]))])
     plot_sanity(rows, layers, methods, TITLES, FLAG_RHO, files.sanity)
     # One image, every layer of one method; with all methods, every method at the last layer.
@@ -162,8 +157,8 @@ def methods_figure(images: np.ndarray, maps: dict[str, dict[str, torch.Tensor]],
     k = min(len(images), MAX_METHOD_IMAGES)
     scores = {}
     for r in rows:
-        if r["gain"] == r["gain"]:
-            se = f" ± {r['gain_se']:.3f}" if r["gain_se"] == r["gain_se"] else ""
+        if not is_nan(r["gain"]):
+            se = f" ± {r['gain_se']:.3f}" if not is_nan(r["gain_se"]) else ""
             verdict = "> chance" if r["better_than_chance"] else "≤ chance"
             scores[(r["method"], r["layer"])] = f"{r['gain']:+.3f}{se} {verdict}"
     small = {m: {layer: v[:k].float().cpu().numpy() for layer, v in per.items()}

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from classlab.engine.amp import Amp
 from classlab.engine.batches import Normalizer, batch_indices
 from classlab.engine.distributed import Dist
 from classlab.engine.dynamics import DynamicsLogger
 from classlab.engine.ema import Ema
 from classlab.engine.errors import TrainingError
-from classlab.engine.precision import Amp
 from classlab.engine.step import train_step
 from classlab.optim import Stepper, current_lr
 

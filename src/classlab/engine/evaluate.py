@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classlab.engine.amp import Amp
 from classlab.engine.batches import Normalizer
 from classlab.engine.distributed import Dist
-from classlab.engine.precision import Amp
 
 
 @dataclass

@@ -1,38 +1,241 @@
-"""Where and in what precision the model runs: the device, autocast and fp16's gradient scaler."""
+"""A run's precision and memory format: what the config fixes, else what is fastest here.
+
+``train.precision`` / ``train.channels_last`` set to a value are used as they are. ``auto``:
+
+- on CUDA the precision is bf16 where the card supports it, else fp16 with a gradient scaler
+  (T4, V100: no bf16, and fp16 tensor cores beat fp32 there);
+- on CPU it is measured (:mod:`classlab.engine.probe`): fp32 vs bf16 autocast, and the memory
+  format (contiguous vs channels_last) on every device.
+
+A measured decision is cached in the user cache folder (``$CLASSLAB_CACHE``, else
+``$XDG_CACHE_HOME/classlab``, else ``~/.cache/classlab``; file ``speed.json``), keyed by what
+decides the speed: CPU model and its vector/matrix flags, torch version, device, threads,
+model, norm, width, per-process batch and image shape. A grid probes once per distinct model
+and batch; a new torch version measures again (its entries replace the old version's).
+Delete the file to measure again. A resumed, evaluated or diagnosed run uses the choice its
+run folder recorded (summary.json ``speed``), so its numerics stay those it trained with.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from classlab.engine.errors import TrainingError
+from classlab.config import Config
+from classlab.engine.distributed import Dist
+from classlab.engine.probe import Candidate, Timer, isolated, probe, training_step_maker, wall_timer
+from classlab.optim import build_optimizer
+from classlab.rundir import write_json
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={name} but CUDA is not available; use cpu or auto")
-    return torch.device(name)
+CACHE_VERSION = 1
+# torch 2.13's CPU convolutions in channels_last crashed the process (segfault / heap
+# corruption) for 4- and 8-channel layers at odd batch sizes with 2 threads (resnet18 width
+# 4 and 8 at batch 3, 5, 7, ...; width 16 and 64 did not): ``auto`` does not try the layout
+# on models that narrow.
+NARROW_CHANNELS_LAST = 16
+# /proc/cpuinfo flags that decide which kernels oneDNN can use for fp32 / bf16 / fp16
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16",
+                "amx_tile")
 
 
 @dataclass
-class Amp:
-    """Autocast settings plus the gradient scaler that fp16 needs (disabled otherwise)."""
+class Speed:
+    """How a run trains and evaluates: autocast precision and memory format, and why."""
 
-    device_type: str
-    precision: str
-    scaler: torch.amp.GradScaler = field(repr=False, default=None)
+    precision: str  # fp32 | bf16 | fp16
+    channels_last: bool
+    how: str  # config | cuda | probe | cache | recorded
+    why: str  # one sentence for the run's first lines and the report
+    rates: dict[str, float] = field(default_factory=dict)  # candidate -> images/s measured
+    probe_seconds: float = 0.0
 
-    def __post_init__(self) -> None:
-        if self.scaler is None:
-            enabled = self.precision == "fp16" and self.device_type == "cuda"
-            self.scaler = torch.amp.GradScaler(self.device_type, enabled=enabled)
+    @property
+    def name(self) -> str:
+        return Candidate(self.precision, self.channels_last).name
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device_type, dtype=dtype)
+    def line(self) -> str:
+        return f"Speed: {self.name} ({self.why})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Speed:
+        return cls(str(d["precision"]), bool(d["channels_last"]), str(d.get("how", "recorded")),
+                   str(d.get("why", "")), {str(k): float(v) for k, v in d.get("rates", {}).items()},
+                   float(d.get("probe_seconds", 0.0)))
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    """E.g. "AMD EPYC" (Linux names the model in /proc/cpuinfo; platform.processor() is often
+    empty there)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Those of :data:`_SPEED_FLAGS` this CPU has (empty where /proc/cpuinfo is absent)."""
+    have = set(_cpuinfo("flags").split())
+    return [f for f in _SPEED_FLAGS if f in have]
+
+
+def _cpuinfo(field_name: str) -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == field_name:
+                    return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cache_file() -> Path:
+    root = os.environ.get("CLASSLAB_CACHE") or ""
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or ""
+        root = str(Path(xdg) / "classlab") if xdg else str(Path.home() / ".cache" / "classlab")
+    return Path(root).expanduser() / "speed.json"
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def _precisions(cfg: Config, device: torch.device) -> tuple[list[str], str]:
+    """The precisions to consider, and why when the rule (not a measurement) decides."""
+    if cfg.train.precision != "auto":
+        return [cfg.train.precision], "train.precision"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return ["bf16"], "auto on CUDA: this card supports bfloat16"
+        return ["fp16"], ("auto on CUDA: this card has no bfloat16 support, so float16 "
+                          "autocast with a gradient scaler")
+    if device.type == "cpu":
+        return ["fp32", "bf16"], ""
+    return ["fp32"], f"auto on {device.type}: fp32"
+
+
+def candidates(cfg: Config, device: torch.device) -> tuple[list[Candidate], str]:
+    """What ``auto`` leaves open, and (when only one candidate is left) why it is that one."""
+    precisions, why = _precisions(cfg, device)
+    layout = cfg.train.channels_last
+    layouts = [False, True] if layout == "auto" else [bool(layout)]
+    if layout == "auto" and device.type == "cpu" and cfg.model.width < NARROW_CHANNELS_LAST:
+        layouts = [False]
+        why = (why + "; " if why else "") + (f"contiguous: channels_last is not tried below "
+                                             f"model.width {NARROW_CHANNELS_LAST} on CPU")
+    out = [Candidate(p, cl) for cl in layouts for p in precisions]
+    if len(out) == 1 and layout != "auto":
+        why = f"{why}; train.channels_last set" if why != "train.precision" else \
+            "train.precision and train.channels_last set"
+    return out, why
+
+
+def cache_key(cfg: Config, device: torch.device, batch: int, image: tuple[int, ...],
+              cands: list[Candidate]) -> str:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    key = {"device": device.type, "model_of_device": where, "flags": cpu_flags(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "model": cfg.model.name, "norm": cfg.model.norm, "width": cfg.model.width,
+           "batch": batch, "image": list(image), "candidates": [c.name for c in cands]}
+    return json.dumps(key, sort_keys=True)
+
+
+def read_cache(path: Path) -> dict:
+    """The cache's entries, {} when it is absent, unreadable or of another format."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION \
+            or not isinstance(data.get("entries"), dict):
+        return {}
+    return data["entries"]
+
+
+def write_cache(path: Path, key: str, entry: dict) -> None:
+    """Add ``entry``; entries measured with another torch version are dropped (invalid now).
+    A cache that cannot be written costs a probe next time, never the run."""
+    entries = read_cache(path)
+    entries = {k: v for k, v in entries.items() if _torch_of(k) == torch.__version__}
+    entries[key] = entry
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"version": CACHE_VERSION, "entries": entries})
+
+
+def _torch_of(key: str) -> str | None:
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        return json.loads(key).get("torch")
+    return None
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def choose_speed(cfg: Config, model: torch.nn.Module, train_x: torch.Tensor,
+                 train_y: torch.Tensor, mean, std, device: torch.device, *,
+                 dist: Dist | None = None, recorded: dict | None = None, timer: Timer | None = None,
+                 cache: Path | None = None) -> Speed:
+    """The run's :class:`Speed`. ``model`` is the freshly built model (probe steps train
+    deep copies of it); ``train_x`` uint8 ``[N,3,H,W]`` and ``train_y`` on ``device``;
+    ``recorded``: the ``speed`` a run folder already recorded, used when still allowed."""
+    dist = dist or Dist()
+    cands, why = candidates(cfg, device)
+    if recorded is not None:
+        rec = Speed.from_dict(recorded)
+        if Candidate(rec.precision, rec.channels_last) in cands:
+            rec.how = "recorded"
+            return rec
+    if len(cands) == 1:  # nothing to measure: the config or the CUDA rule decided
+        how = "cuda" if cfg.train.precision == "auto" and device.type == "cuda" else "config"
+        return Speed(cands[0].precision, cands[0].channels_last, how, why)
+    speed = None
+    if dist.main:
+        speed = _measure_or_cached(cfg, model, train_x, train_y, mean, std, device, cands,
+                                   batch=max(1, cfg.train.batch_size // dist.world),
+                                   timer=timer, cache=cache or cache_file())
+    if dist.world > 1:  # every rank trains the same way: rank 0's decision
+        box = [speed.to_dict() if speed is not None else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        speed = Speed.from_dict(box[0])
+    return speed
+
+
+def _measure_or_cached(cfg: Config, model, train_x, train_y, mean, std, device, cands, *,
+                       batch: int, timer: Timer | None, cache: Path) -> Speed:
+    key = cache_key(cfg, device, batch, tuple(train_x.shape[1:]), cands)
+    hit = read_cache(cache).get(key)
+    if isinstance(hit, dict):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            speed = Speed.from_dict(hit)
+            speed.how = "cache"
+            speed.why = f"{speed.why}; measured earlier on this machine, cached in {cache}"
+            return speed
+    make_step = training_step_maker(
+        model, lambda net: build_optimizer(net, cfg.optim), train_x[:batch], train_y[:batch],
+        mean, std, device, cfg.train.label_smoothing)
+    with isolated([device]):
+        result = probe(cands, make_step, batch, timer=timer or wall_timer(device))
+    best = result.best
+    why = (f"fastest of {len(cands)} measured in {result.seconds:.1f} s, images/s: "
+           f"{_rates(result.rates, result.stopped)}")
+    speed = Speed(best.precision, best.channels_last, "probe", why, result.rates,
+                  result.seconds)
+    write_cache(cache, key, speed.to_dict())
+    return speed
+
+
+def _rates(rates: dict[str, float], stopped: dict[str, str] | None = None) -> str:
+    """"bf16 1,969, fp32 760 (screened out)": fastest first."""
+    stopped = stopped or {}
+    mark = {k: " (screened out)" if "screening" in why else " (warm-up only)" if "warm-up"
+            in why else " (stopped early)" for k, why in stopped.items()}
+    order = sorted(rates, key=rates.get, reverse=True)
+    return ", ".join(f"{k} {rates[k]:,.0f}{mark.get(k, '')}" for k in order)

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from classlab.engine.amp import Amp
 from classlab.engine.batches import Normalizer
-from classlab.engine.precision import Amp
 from classlab.engine.step import train_step
 
 SCREEN_RATIO = 3.0  # screening step this much slower per image than the best: dropped

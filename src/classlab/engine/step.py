@@ -44,7 +44,7 @@ def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, *,
                dynamics: DynamicsLogger | None = None, step: int = 0,
                epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on the normalised, augmented batch ``xb`` ``[B,3,H,W]`` with labels ``yb``
-    ``[B]``. ``amp`` is a :class:`classlab.engine.precision.Amp`; ``params`` the parameters
+    ``[B]``. ``amp`` is a :class:`classlab.engine.amp.Amp`; ``params`` the parameters
     clipping applies to. Returns the detached mean loss (a 0-d tensor, still on the device:
     reading it would synchronise a GPU) and the logits ``[B,K]``."""
     with amp.autocast():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from classlab import fmt
 from classlab.config import ConfigError
 from classlab.grid.folder import (
     error_line,
@@ -24,7 +25,7 @@ from classlab.grid.folder import (
     run_point,
 )
 from classlab.grid.spec import Grid, Point, load_grid
-from classlab.grid.table import cell, write_table
+from classlab.grid.table import write_table
 from classlab.rundir import RunFiles
 from classlab.rundir.summary import is_finished, read_summary
 
@@ -90,7 +91,7 @@ def _print_commands(grid: Grid, gdir: Path, data_dir: Path | None) -> None:
 
 def _print_plan(grid: Grid, gdir: Path) -> list[str]:
     states = [point_state(gdir / p.name) for p in grid.points]
-    values = [" ".join(f"{k}={cell(v)}" for k, v in p.values.items()) for p in grid.points]
+    values = [" ".join(f"{k}={fmt.value(v)}" for k, v in p.values.items()) for p in grid.points]
     w1, w2 = max(len(p.name) for p in grid.points), max(len(v) for v in values)
     print(f"{len(grid.points)} runs:")
     for p, v, state in zip(grid.points, values, states):

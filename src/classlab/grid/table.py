@@ -9,9 +9,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from classlab import config, stats
+from classlab import config, fmt, stats
 from classlab.compare.paired import CompareError, check_same_test_set, paired_test, try_outputs
 from classlab.config import ConfigError
+from classlab.fmt import MISSING, csv_number, fixed, is_nan, markdown_table, missing, pct
 from classlab.grid.folder import read_grid_dir
 from classlab.report.dynamics import plot_compare
 from classlab.report.names import MODEL_NAMES, NORM_NAMES, SCHED_NAMES
@@ -69,9 +70,9 @@ def _gather(grid_dir: Path, entry: dict, extra: list[str]) -> dict:
            "spe": summary.get("seconds_per_epoch")}
     for key, (column, names) in NAMED_COLUMNS.items():
         value = values.get(key, _lookup(raw, key))
-        row[column] = "" if value is None else names.get(value, cell(value))
+        row[column] = "" if value is None else names.get(value, fmt.value(value))
     for key in extra:
-        row[key] = cell(values.get(key))
+        row[key] = fmt.value(values.get(key))
     done = row["status"] == "finished"  # accuracies of unfinished points stay blank
     final = (summary.get("final") or {}) if done else {}
     best = (summary.get("best_by_val") or {}) if done else {}
@@ -93,7 +94,7 @@ def _groups(runs: list[dict]) -> list[dict]:
 
 
 def _finite(values: list[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and v == v]
+    return [float(v) for v in values if not missing(v)]
 
 
 def _aggregate(g: dict) -> dict:
@@ -139,9 +140,8 @@ def compare_groups(grid_dir: Path, groups: list[dict]) -> dict:
     done: dict[str, Any] = {"groups": groups, "outputs": {}}
     if not scored:
         return {**done, "best": None, "by": None, "tests": {}}
-    by = "val_acc" if any(_mean(g["val_acc"]) == _mean(g["val_acc"]) for g in scored) \
-        else "train_acc"
-    best = max((g for g in scored if _mean(g[by]) == _mean(g[by])), key=lambda g: _mean(g[by]))
+    by = "val_acc" if any(not is_nan(_mean(g["val_acc"])) for g in scored) else "train_acc"
+    best = max((g for g in scored if not is_nan(_mean(g[by]))), key=lambda g: _mean(g[by]))
     outputs = {r["folder"]: try_outputs(grid_dir / r["folder"])
                for g in scored for r in g["runs"] if r["status"] == "finished"}
     done["outputs"] = outputs
@@ -201,8 +201,8 @@ def _describe(g: dict, best: dict) -> str:
 
 def _display(key: str, value: Any) -> str:
     if key in NAMED_COLUMNS:
-        return NAMED_COLUMNS[key][1].get(value, cell(value))
-    return f"{key}={cell(value)}"
+        return NAMED_COLUMNS[key][1].get(value, fmt.value(value))
+    return f"{key}={fmt.value(value)}"
 
 
 def _sentences(groups: list[dict], comparison: dict) -> list[str]:
@@ -212,7 +212,7 @@ def _sentences(groups: list[dict], comparison: dict) -> list[str]:
     best = next(g for g in groups if g["group"] == comparison["best"])
     by = "validation" if comparison["by"] == "val_acc" else "training (no validation split)"
     lines = [f"Best point by mean {by} accuracy: **{best['group']}** (test accuracy "
-             f"{_pct(_mean(best['test_acc']))}%, {best['n']} seed{'s' * (best['n'] != 1)})."]
+             f"{pct(_mean(best['test_acc']))}, {best['n']} seed{'s' * (best['n'] != 1)})."]
     for g in groups:
         t = comparison["tests"].get(g["group"])
         if t is None or not g["n"]:
@@ -246,23 +246,6 @@ def _status(summary: dict) -> str:
     return "unfinished" if state == "interrupted" else state  # an interrupted point resumes
 
 
-def cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return ",".join(cell(v) for v in value)
-    return str(value)
-
-
-def _pct(value: Any) -> str:
-    # 2 decimals: with 10,000 test images one image is exactly 0.01%.
-    return "" if value is None or value != value else f"{value:.2f}"
-
-
 MD_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "vs best", "ECE", "Best-by-val test acc",
            "Epochs", "s/epoch", "Status", "Run folder"]
 CSV_TAIL = ["Params", "Train acc", "Val acc", "Test acc", "Best-by-val test acc",
@@ -284,16 +267,16 @@ NOTE = ("Accuracies in %. Train acc is the running accuracy of the last epoch ov
 def _stat(stat: dict | None, seeded: bool) -> str:
     """"90.19%", or over seeds "90.19 ± 0.07%" (one seed stays a plain number)."""
     if not stat:
-        return ""
+        return MISSING
     if not seeded or stat["sd"] is None:
-        return f"{_pct(stat['mean'])}%"
-    return f"{_pct(stat['mean'])} ± {_pct(stat['sd'])}%"
+        return pct(stat["mean"])
+    return f"{pct(stat['mean'], sign=False)} ± {pct(stat['sd'])}"
 
 
 def _ci(stat: dict | None) -> str:
     if not stat or stat["lo"] is None:
-        return ""
-    return f"[{_pct(stat['lo'])}, {_pct(stat['hi'])}]"
+        return MISSING
+    return f"[{pct(stat['lo'], sign=False)}, {pct(stat['hi'], sign=False)}]"
 
 
 def _vs_best(g: dict, comparison: dict) -> str:
@@ -302,7 +285,7 @@ def _vs_best(g: dict, comparison: dict) -> str:
     t = comparison["tests"].get(g["group"])
     best = next((b for b in comparison["groups"] if b["group"] == comparison["best"]), None)
     if t is None or best is None:
-        return ""
+        return MISSING
     diff = _mean(g["test_acc"]) - _mean(best["test_acc"])
     return f"{diff:+.2f} ({stats.format_p(t.p_holm)})" + (" ≈" if t.p_holm >= 0.05 else "")
 
@@ -314,26 +297,22 @@ def _markdown(name: str, groups: list[dict], extra: list[str], comparison: dict,
         tail[4:4] = ["95% CI test"]
         tail[0:0] = ["Seeds"]
     header = HEAD + extra + tail
-    lines = [f"# Grid {name}", "", *_sentences(groups, comparison), "",
-             "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    for g in groups:
-        cells = [g[c] for c in HEAD + extra] + _md_tail(g, comparison, seeded)
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", NOTE, ""]
-    return "\n".join(lines)
+    rows = [[g[c] for c in HEAD + extra] + _md_tail(g, comparison, seeded) for g in groups]
+    return "\n".join([f"# Grid {name}", "", *_sentences(groups, comparison), "",
+                      markdown_table(header, rows, "l" * len(header)), "", NOTE, ""])
 
 
 def _md_tail(g: dict, comparison: dict, seeded: bool) -> list[str]:
     best = _stat(g["best_test"], seeded)
-    if best and not seeded:
+    if g["best_test"] and not seeded:
         best += f" (epoch {g['runs'][0]['best_epoch']})"
     done, planned = g["epochs_done"], g["epochs"]
-    epochs = "" if planned is None else (str(planned) if done == planned
+    epochs = MISSING if planned is None else (str(planned) if done == planned
                                          else f"{done or 0}/{planned}")
-    spe = f"{g['spe']['mean']:.1f}" if g["spe"] else ""
+    spe = fixed(g["spe"]["mean"], 1) if g["spe"] else MISSING
     folders = " ".join(f"[{r['folder'] if not seeded else 'seed' + str(r['seed'])}]"
                        f"({r['folder']}/)" for r in g["runs"])
-    cells = [f"{g['params']:,}" if g["params"] is not None else "",
+    cells = [f"{g['params']:,}" if g["params"] is not None else MISSING,
              _stat(g["train_acc"], seeded), _stat(g["val_acc"], seeded),
              _stat(g["test_acc"], seeded), _vs_best(g, comparison), _stat(g.get("ece"), seeded),
              best, epochs, spe,
@@ -350,11 +329,11 @@ def _csv(rows: list[dict], extra: list[str]) -> str:
     w.writerow(HEAD + extra + CSV_TAIL)
     for r in rows:
         w.writerow([r[c] for c in HEAD + extra] + [
-            "" if r["params"] is None else r["params"], _pct(r["train_acc"]),
-            _pct(r["val_acc"]), _pct(r["test_acc"]), _pct(r["best_test"]),
-            cell(r["best_epoch"]), cell(r["epochs_done"]), cell(r["epochs"]),
+            "" if r["params"] is None else r["params"], *(csv_number(r[k], ".2f") for k in (
+                "train_acc", "val_acc", "test_acc", "best_test")),
+            fmt.value(r["best_epoch"]), fmt.value(r["epochs_done"]), fmt.value(r["epochs"]),
             "" if r["spe"] is None else f"{r['spe']:.1f}", r["status"], r["error"] or "",
-            r["folder"], r["group"], cell(r["seed"])])
+            r["folder"], r["group"], fmt.value(r["seed"])])
     return buf.getvalue()
 
 

@@ -7,11 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from classlab.fmt import markdown_table
 from classlab.report.blocks import Block, Code, H, Img, Md, P, Table
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def _rel(path: Path, run_dir: Path) -> str:
@@ -26,11 +23,7 @@ def to_markdown(blocks: list[Block], run_dir: Path) -> str:
         elif isinstance(b, P | Md):
             parts.append(b.text)
         elif isinstance(b, Table):
-            align = b.align or "l" + "r" * (len(b.header) - 1)
-            lines = ["| " + " | ".join(_md_cell(h) for h in b.header) + " |",
-                     "|" + "|".join(" ---: " if a == "r" else " --- " for a in align) + "|"]
-            lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in b.rows]
-            parts.append("\n".join(lines))
+            parts.append(markdown_table(b.header, b.rows, b.align))
         elif isinstance(b, Img):
             if b.path.is_file():
                 parts.append(f"![{b.caption}]({_rel(b.path, run_dir)})\n\n*{b.caption}*")

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from classlab.report.blocks import Block, Code, H, Img, Md, P, Table, duration, g, num, pct
+from classlab.fmt import MISSING, duration, fixed, missing, pct
+from classlab.fmt import as_float as num
+from classlab.fmt import number as g
+from classlab.report.blocks import Block, Code, H, Img, Md, P, Table
 from classlab.report.dynamics import report_section
 from classlab.report.names import NORM_SHORT, cam_name
 from classlab.rundir import RunFiles
@@ -176,7 +179,7 @@ def _epoch_blocks(f: RunFiles) -> list[Block]:
         if kind == "int":
             return v
         if kind == "s":
-            return "–" if num(v) != num(v) else f"{num(v):.1f}"
+            return fixed(v, 1)
         return g(v)
 
     spec = [("epoch", "epoch", "int"), ("lr", "lr", "g"), ("train_loss", "train loss", "g"),
@@ -324,11 +327,6 @@ def _calibration(f: RunFiles, diag: dict | None) -> list[Block]:
     return out
 
 
-def _f3(v: object) -> str:
-    x = num(v)
-    return "–" if x != x else f"{x:.3f}"
-
-
 def _faithfulness(f: RunFiles, diag: dict) -> list[Block]:
     out: list[Block] = [H(3, "Faithfulness: deletion and insertion")]
     faith = diag.get("faithfulness") or {}
@@ -350,10 +348,10 @@ def _faithfulness(f: RunFiles, diag: dict) -> list[Block]:
          "insertion AUC (higher is better)", "random map: deletion / insertion",
          "gain over random", "better than chance"],
         [[cam_name(r["method"]), r["layer"], "x".join(map(str, r.get("cells", []))),
-          _f3(r.get("deletion_auc")), _f3(r.get("insertion_auc")),
-          f"{_f3(r.get('random_deletion_auc'))} / {_f3(r.get('random_insertion_auc'))}",
-          f"{num(r.get('gain')):+.3f}\u00a0±\u00a0{_f3(r.get('gain_se'))}"  # one line
-          if num(r.get("gain")) == num(r.get("gain")) else "–",
+          fixed(r.get("deletion_auc")), fixed(r.get("insertion_auc")),
+          f"{fixed(r.get('random_deletion_auc'))} / {fixed(r.get('random_insertion_auc'))}",
+          f"{num(r.get('gain')):+.3f}\u00a0±\u00a0{fixed(r.get('gain_se'))}"  # one line
+          if not missing(r.get("gain")) else MISSING,
           "**yes**" if r.get("better_than_chance") else "no"] for r in rows],
         "lllrrrrl"))
     if f.faithfulness.is_file():
@@ -381,7 +379,7 @@ def _sanity(f: RunFiles, diag: dict) -> list[Block]:
         "weight is random is **flagged**: it does not depend on what the model learned."))
     body = []
     for r in rows:
-        rho = [_f3(v) if v is not None else "–" for v in r.get("rho", [])]
+        rho = [fixed(v) if v is not None else "–" for v in r.get("rho", [])]
         body.append([cam_name(r["method"]), r["layer"], *rho,
                      "**flagged**" if r.get("flagged") else "no"])
     out.append(Table(["method", "layer", *[f"+{s}" for s in steps], "flagged"], body,

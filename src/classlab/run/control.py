@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,6 +51,17 @@ class Position:
         return cls(int(d["epoch"]), int(d["step"]), int(d["steps"]),
                    Tally(float(d["loss_sum"]), int(d["correct"]), int(d["seen"])),
                    float(d["lr"]), float(d["seconds"]))
+
+
+@dataclass
+class Progress:
+    """How far a run has come: what :func:`classlab.run.fit.fit` continues from (a new run
+    starts from ``Progress()``)."""
+
+    epoch: int = 0  # epochs finished (last.pt holds them)
+    best: dict = field(default_factory=dict)  # the best-by-validation epoch so far
+    wall: float = 0.0  # wall seconds spent so far, over every process that trained it
+    position: Position | None = None  # where an interrupted epoch continues (midepoch.pt)
 
 
 class StepControl:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from classlab import config
-from classlab.diagnose.run import check_args, diagnose, eval_model, resolve_args, skeleton
+from classlab.diagnose.run import check_args, diagnose, resolve_args, skeleton
 from classlab.run.session import session_from_run
 from classlab.rundir import RunDirError, RunFiles
 from classlab.rundir.checkpoint import load_checkpoint
@@ -37,5 +37,5 @@ def diagnose_run(run_dir: Path, *, session=None, data_root: Path | None = None,
         epoch = int(state["epoch"])
     else:
         a = resolve_args(session.cfg, layers, method, count, target)
-        check_args(eval_model(session), a)
+        check_args(session.eval_model, a)
     return diagnose(session, run_dir, a, epoch, {"load": time.perf_counter() - t})

@@ -22,15 +22,15 @@ from classlab.engine import (
     EvalResult,
     TrainingError,
     epoch_generator,
-    evaluate,
     train_one_epoch,
 )
+from classlab.engine.precision import cpu_flags, cpu_model
+from classlab.fmt import is_nan
 from classlab.optim import current_lr
-from classlab.run.control import Position, StepControl
+from classlab.run.control import Position, Progress, StepControl
 from classlab.run.pace import Pace
 from classlab.run.session import Session, checkpoint_state, torch_threads
 from classlab.run.signals import RunInterrupted, SignalTrigger, StopSignals
-from classlab.run.speed import cpu_flags, cpu_model
 from classlab.rundir import RunFiles, write_json
 from classlab.rundir.checkpoint import save_checkpoint, save_test_outputs
 from classlab.rundir.metrics import append_metrics, read_metrics
@@ -46,7 +46,7 @@ def _device_name(device: torch.device, threads: int) -> str:
 
 def update_best(best: dict, row: dict) -> dict:
     """Best epoch chosen by validation accuracy only; its test accuracy is reported as is."""
-    key = "val_acc" if row["val_acc"] == row["val_acc"] else "train_acc"
+    key = "val_acc" if not is_nan(row["val_acc"]) else "train_acc"
     # With train.eval_every > 1 some epochs have no validation score: an epoch scored by
     # training accuracy never displaces one scored by validation accuracy, and the first
     # validated epoch displaces any unvalidated one.
@@ -79,19 +79,20 @@ def session_summary(s: Session, run_dir: Path, status: str, best: dict, last: di
 
 def _print_epoch(row: dict, n: dict[str, int]) -> None:
     def part(split: str) -> str:
-        if row[f"{split}_loss"] != row[f"{split}_loss"]:
+        if is_nan(row[f"{split}_loss"]):
             return ""
         return f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.2f}%  "
-    scored = f"{n['test']} test images, " if row["test_loss"] == row["test_loss"] else ""
+    scored = f"{n['test']} test images, " if not is_nan(row["test_loss"]) else ""
     print(f"Epoch {row['epoch']}: {part('train')}{part('val')}{part('test')}"
           f"({scored}{row['seconds']:.1f}s)", flush=True)
 
 
-def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = None,
-        wall_before: float = 0.0, on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train epochs ``start_epoch+1 .. cfg.train.epochs``, writing metrics and checkpoints
-    (rank 0 only, under torchrun), with ``train.threads`` CPU threads. A session resumed from
-    a mid-epoch checkpoint (``s.position``) continues that epoch at its step.
+def fit(s: Session, run_dir: Path, start: Progress | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train epochs ``start.epoch+1 .. cfg.train.epochs`` (a new run: all of them), writing
+    metrics and checkpoints (rank 0 only, under torchrun), with ``train.threads`` CPU
+    threads. A run resumed from a mid-epoch checkpoint (``start.position``) continues that
+    epoch at its step.
 
     Returns the final summary. On a TrainingError the summary records it (status "failed")
     and the error is re-raised; ``last.pt`` then still holds the last good epoch. SIGTERM /
@@ -99,14 +100,14 @@ def fit(s: Session, run_dir: Path, start_epoch: int = 0, best: dict | None = Non
     "interrupted").
     """
     with torch_threads(s.cfg.train.threads), StopSignals() as stop:
-        return _fit(s, run_dir, start_epoch, best, wall_before, on_epoch, stop)
+        return _fit(s, run_dir, start or Progress(), on_epoch, stop)
 
 
-def _fit(s: Session, run_dir: Path, start_epoch: int, best: dict | None, wall_before: float,
-         on_epoch: Callable[[dict], None] | None, stop: StopSignals) -> dict:
-    cfg, best, main, files = s.cfg, dict(best or {}), s.dist.main, RunFiles(run_dir)
-    position, s.position = s.position, None  # consumed here: one resume
-    t0 = time.time() - wall_before
+def _fit(s: Session, run_dir: Path, start: Progress, on_epoch: Callable[[dict], None] | None,
+         stop: StopSignals) -> dict:
+    cfg, best, main, files = s.cfg, dict(start.best), s.dist.main, RunFiles(run_dir)
+    start_epoch, position = start.epoch, start.position
+    t0 = time.time() - start.wall
     dyn = (DynamicsLogger(s.model, files.dynamics, cfg.log.dynamics_every)
            if cfg.log.dynamics_every > 0 and main else None)
     pace = Pace(s, _device_name(s.device, cfg.train.threads), main=main,
@@ -184,9 +185,7 @@ def _evaluate_epoch(s: Session, epoch: int) -> dict[str, EvalResult]:
     every = cfg.train.eval_every
     if not (final or (every > 0 and epoch % every == 0)):
         return {k: EvalResult(float("nan"), float("nan"), 0) for k in ("val", "test")}
-    return {k: evaluate(s.eval_model, *s.data[k], normalize=s.normalize,
-                        batch_size=cfg.train.eval_batch_size, amp=s.amp, tta=cfg.train.tta,
-                        dist=s.dist, keep_outputs=final and s.dist.world == 1 and k == "test")
+    return {k: s.evaluate(k, keep_outputs=final and s.dist.world == 1 and k == "test")
             for k in ("val", "test")}
 
 

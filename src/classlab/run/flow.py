@@ -13,10 +13,13 @@ from pathlib import Path
 
 from classlab import config
 from classlab.config import Config
+from classlab.fmt import is_nan
 from classlab.run.checks import check_environment
+from classlab.run.control import Progress
 from classlab.run.fit import fit
-from classlab.run.folder import resume_run, start_run
+from classlab.run.resume import resume_run
 from classlab.run.session import Session, torch_threads
+from classlab.run.start import start_run
 from classlab.run.tensorboard import epoch_logger
 from classlab.rundir import RunDirError, RunFiles
 
@@ -45,14 +48,15 @@ def train_run(cfg: Config | None = None, *, out: Path = Path("runs"),
     with torch_threads(cfg.train.threads):
         if run_dir is None:
             s, run_dir = start_run(cfg, Path(out), data_root)
-            epoch, best, wall = 0, {}, 0.0
+            progress = Progress()
         else:
-            s, epoch, best, wall = resume_run(run_dir, data_root)
+            resumed = resume_run(run_dir, data_root)
+            s, progress = resumed.session, resumed.progress
         if s.dist.main:
-            _announce(s, run_dir, epoch)
-        with epoch_logger(s.cfg, run_dir, start_epoch=epoch,
-                                      main=s.dist.main) as on_epoch:
-            summary = fit(s, run_dir, epoch, best, wall, on_epoch=on_epoch)
+            _announce(s, run_dir, progress)
+        with epoch_logger(s.cfg, run_dir, start_epoch=progress.epoch,
+                          main=s.dist.main) as on_epoch:
+            summary = fit(s, run_dir, progress, on_epoch=on_epoch)
         if s.dist.main:
             _print_final(summary)
             if s.cfg.diagnose.enabled:
@@ -67,13 +71,13 @@ def _config_of(run_dir: Path) -> Config:
     return config.load(files.config)
 
 
-def _announce(s: Session, run_dir: Path, epoch: int) -> None:
-    pos = s.position
+def _announce(s: Session, run_dir: Path, progress: Progress) -> None:
+    pos = progress.position
     if pos is not None:
         print(f"Resuming {run_dir} at epoch {pos.epoch}, step {pos.step} of {pos.steps}",
               flush=True)
-    elif epoch:
-        print(f"Resuming {run_dir} after epoch {epoch}", flush=True)
+    elif progress.epoch:
+        print(f"Resuming {run_dir} after epoch {progress.epoch}", flush=True)
     print(f"Run folder: {run_dir}\nModel: {s.cfg.model.name}/{s.cfg.model.norm}, "
           f"{s.params:,} params, device {s.device}, precision {s.amp.precision}"
           + (f", {s.dist.world} processes" if s.dist.world > 1 else ""), flush=True)
@@ -87,7 +91,7 @@ def _print_final(summary: dict) -> None:
     if not f:
         return
     parts = [f"{k} acc {f[f'{k}_acc']:.2f}%" for k in ("train", "val", "test")
-             if f[f"{k}_acc"] == f[f"{k}_acc"]]  # no NaN: a split that is absent / unscored
+             if not is_nan(f[f"{k}_acc"])]  # a split that is absent / unscored
     best = ""
     if b and b.get("by") == "val_acc":  # without a validation split no epoch is "best"
         best = f"  (best by val: epoch {b['epoch']}, test acc {b['test_acc']:.2f}%)"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
+from classlab import fmt
 from classlab.engine.epoch import StepInfo
 
 MEASURE_SECONDS = 15.0  # wall time the step time is averaged over, at most...
@@ -37,19 +39,9 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def duration(seconds: float) -> str:
-    """``~0.62 s``, ``~42 s``, ``~9.4 min``, ``~31 min``, ``~6 h 15 min``."""
-    if seconds < 10:
-        return f"~{seconds:.2f} s"
-    if seconds < 90:
-        return f"~{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 10:
-        return f"~{minutes:.1f} min"
-    if minutes < 90:
-        return f"~{minutes:.0f} min"
-    h, m = divmod(round(minutes), 60)
-    return f"~{h} h {m} min" if m else f"~{h} h"
+def _about(seconds: float) -> str:
+    """A projected duration, rounded as a person plans (``~9.4 min``)."""
+    return fmt.duration(seconds, approx=True)
 
 
 class Pace:
@@ -57,8 +49,10 @@ class Pace:
     ``epoch_done`` after each epoch) and projects the rest of the run ``s``."""
 
     def __init__(self, s, device_name: str, *, fresh: bool, main: bool = True,
-                 data_root: str | None = None) -> None:
+                 data_root: str | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         cfg = s.cfg
+        self.clock = clock  # seconds, monotonic (None: time.monotonic; tests pass a fake)
         self.fresh = fresh  # this process trains the run from its first step
         self.main = main  # prints (rank 0 of a torchrun job)
         self.epochs, self.steps = cfg.train.epochs, s.steps_per_epoch
@@ -75,7 +69,7 @@ class Pace:
         self._epoch_times: list[float] = []
 
     def after_step(self, info: StepInfo) -> None:
-        now = time.monotonic()
+        now = self._now()
         if self.line is None:
             self._measure(now, info)
         elif self._last is not None and self._last[1] == info.epoch:
@@ -92,7 +86,7 @@ class Pace:
         """The run's ETA for the progress bar ("" until the step time is measured)."""
         if self.step_seconds is None or self._last is None:
             return ""
-        return f"run ETA {duration(self.seconds_left(self._last[1], self._last[2]))}"
+        return f"run ETA {_about(self.seconds_left(self._last[1], self._last[2]))}"
 
     def seconds_left(self, epoch: int, step: int) -> float:
         """Projected wall time after ``step`` steps of ``epoch``, evaluation included."""
@@ -116,7 +110,10 @@ class Pace:
         if self.device.type != "cuda":
             return now
         torch.cuda.synchronize(self.device)
-        return time.monotonic()
+        return self._now()
+
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else time.monotonic()
 
     def _measure(self, now: float, info: StepInfo) -> None:
         if self._mark is None or self._mark[1] != info.epoch:  # evaluation came in between
@@ -140,13 +137,13 @@ class Pace:
         epochs for a fresh run, what is left for a resumed one)."""
         if self.fresh:
             seconds = sum(self.epoch_seconds(e) for e in range(1, self.epochs + 1))
-            rest = f"{duration(seconds)} for {self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+            rest = f"{_about(seconds)} for {self.epochs} epoch{'s' if self.epochs > 1 else ''}"
         else:
             seconds = self.seconds_left(info.epoch, info.step)
             done = info.epoch - 1 + info.step / info.steps
-            rest = (f"{duration(seconds)} for the remaining {self.epochs - done:.1f} of "
+            rest = (f"{_about(seconds)} for the remaining {self.epochs - done:.1f} of "
                     f"{self.epochs} epochs")
         steps = f"steps {first}-{info.step}" if info.step > first else f"step {first}"
         return (f"Pace: {self.step_seconds:.3g} s/step ({steps} of epoch {info.epoch} on "
                 f"{self.device_name}): "
-                f"{duration(self.epoch_seconds(info.epoch))}/epoch, {rest}"), seconds
+                f"{_about(self.epoch_seconds(info.epoch))}/epoch, {rest}"), seconds

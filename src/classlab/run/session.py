@@ -24,7 +24,9 @@ from classlab.engine import (
     Amp,
     Dist,
     Ema,
+    EvalResult,
     Normalizer,
+    evaluate,
     init_distributed,
     resolve_device,
     rng_state,
@@ -33,11 +35,11 @@ from classlab.engine import (
     steps_per_epoch,
 )
 from classlab.engine.epoch import BatchSource
+from classlab.engine.precision import Speed, choose_speed
 from classlab.models import build_model, count_params
 from classlab.optim import Lookahead, Stepper, build_optimizer, build_scheduler
-from classlab.run.speed import Speed, choose_speed
 from classlab.rundir import RunDirError, RunFiles, read_json
-from classlab.rundir.checkpoint import load_checkpoint
+from classlab.rundir.checkpoint import CheckpointError, load_checkpoint
 
 
 def default_threads() -> int:
@@ -92,7 +94,6 @@ class Session:
     batch_source: BatchSource | None = None  # aug.backend=albumentations (augment.albu)
     lookahead: Lookahead | None = None  # optim.lookahead_every > 0; a post-step hook
     data_root: Path | None = None  # the folder the data was loaded from
-    position: object | None = None  # a run.control.Position: where fit() continues an epoch
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -100,8 +101,22 @@ class Session:
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights that are evaluated and reported: the EMA when it is on."""
+        """The weights that count: the ones evaluated, reported, diagnosed and compared.
+        The EMA copy when the run keeps one (its metrics were measured on it), else the
+        trained model. This property is the only place that decides."""
         return self.ema.model if self.ema is not None else self.model
+
+    def evaluate(self, split: str, keep_outputs: bool = False) -> EvalResult:
+        """Loss and accuracy of :attr:`eval_model` on ``split`` (train, val or test) as the
+        run scores it: without augmentation, with its ``train.tta``, precision, memory
+        format, evaluation batch and threads, summed over torchrun processes. The one
+        evaluation of a split, for training, eval, the API, diagnose and compare."""
+        x, y = self.data[split]
+        with torch_threads(self.cfg.train.threads):
+            return evaluate(self.eval_model, x, y, normalize=self.normalize,
+                            batch_size=self.cfg.train.eval_batch_size, amp=self.amp,
+                            tta=self.cfg.train.tta, dist=self.dist,
+                            keep_outputs=keep_outputs)
 
 
 def build_session(cfg: Config, data_root: Path | None = None,
@@ -111,8 +126,9 @@ def build_session(cfg: Config, data_root: Path | None = None,
     Under torchrun, joins the process group first; every rank builds the same session.
     Runs with ``train.threads`` CPU threads (as :func:`classlab.run.fit.fit` does), and
     leaves the process's setting as it found it. ``speed``: a run folder's recorded
-    :class:`~classlab.run.speed.Speed` (as a dict), kept where the config still allows it;
-    otherwise ``auto`` precision / memory format are measured (see :mod:`classlab.run.speed`)."""
+    :class:`~classlab.engine.precision.Speed` (as a dict), kept where the config still allows
+    it; otherwise ``auto`` precision / memory format are measured
+    (:mod:`classlab.engine.precision`)."""
     with torch_threads(cfg.train.threads):
         return _build(cfg, data_root, splits, speed)
 
@@ -258,7 +274,10 @@ def session_from_run(run_dir: Path, data_root: Path | None = None,
     if device is not None:
         cfg.train.device = device
     s = build_run_session(run_dir, cfg, data_root)
-    # The reported metrics came from the EMA weights when EMA was on: evaluate those.
-    s.model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    s.ema = None
+    s.model.load_state_dict(state["model"])
+    if s.ema is not None:  # Session.eval_model evaluates it
+        if state.get("ema") is None:
+            raise CheckpointError(f"{RunFiles(run_dir).checkpoint}: no EMA weights in it, "
+                                  "but the run's config has train.ema_decay > 0")
+        s.ema.model.load_state_dict(state["ema"])
     return s, state

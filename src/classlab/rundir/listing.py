@@ -3,11 +3,11 @@ newest first, one line each, read from their summary.json and metrics.csv (no to
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from classlab import config
 from classlab.config import ConfigError
+from classlab.fmt import MISSING, duration, pct, text_table
 from classlab.rundir.layout import GridFiles, RunFiles
 from classlab.rundir.metrics import read_metrics
 from classlab.rundir.summary import read_summary, run_state
@@ -35,18 +35,6 @@ def _status(summary: dict | None) -> str:
     return state
 
 
-def _pct(value: object) -> str:
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    return f"{value:.2f}%" if ok else "-"
-
-
-def _wall(seconds: object) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "-"
-    h, rest = divmod(int(round(seconds)), 3600)
-    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
-
-
 def _configured_epochs(files: RunFiles) -> int | str:
     try:
         return config.load(files.config).train.epochs
@@ -63,17 +51,15 @@ def describe(run_dir: Path) -> list[str]:
         done = len(read_metrics(files.metrics))
     epochs = s.get("epochs") or _configured_epochs(files)
     best = s.get("best_by_val") or {}
-    best_text = "-"
+    best_text = MISSING
     if best.get("by") == "val_acc":
-        best_text = f"val {_pct(best.get('val_acc'))} @ {best.get('epoch')} " \
-                    f"(test {_pct(best.get('test_acc'))})"
+        best_text = f"val {pct(best.get('val_acc'))} @ {best.get('epoch')} " \
+                    f"(test {pct(best.get('test_acc'))})"
     return [str(run_dir), _status(s), f"{done}/{epochs}",
-            _pct((s.get("final") or {}).get("test_acc")), best_text,
-            _wall(s.get("wall_seconds"))]
+            pct((s.get("final") or {}).get("test_acc")), best_text,
+            duration(s.get("wall_seconds"))]
 
 
 def format_table(rows: list[list[str]]) -> str:
     """Columns padded to their widest cell, the header first."""
-    table = [HEADER, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    return text_table(HEADER, rows)

@@ -9,14 +9,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from classlab.fmt import csv_number
 from classlab.rundir.files import atomic_write_text
 from classlab.rundir.layout import METRIC_FIELDS
-
-
-def _cell(v: float | int) -> str:
-    if isinstance(v, int):
-        return str(v)
-    return "" if v != v else f"{v:.6g}"  # NaN (no val split, epoch not scored) -> empty
 
 
 def append_metrics(path: Path, row: dict) -> None:
@@ -26,7 +21,8 @@ def append_metrics(path: Path, row: dict) -> None:
         w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         if new:
             w.writeheader()
-        w.writerow({k: _cell(row[k]) for k in METRIC_FIELDS})
+        # NaN (no val split, epoch not scored): an empty cell
+        w.writerow({k: csv_number(row[k]) for k in METRIC_FIELDS})
         f.flush()
         os.fsync(f.fileno())  # the row must survive a power cut as well as its checkpoint
 

@@ -1,59 +1,46 @@
-"""Opening a run folder: a new one for a config, or an existing one to continue."""
+"""Resume: continue a run folder from its last checkpoint (last.pt, or midepoch.pt when that
+one is further), after dropping what a killed process wrote past it.
+
+    resumed = resume_run(Path("runs/x-2025..."))
+    fit(resumed.session, run_dir, resumed.progress)
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from classlab import config
-from classlab.config import Config
-from classlab.data.record import make_record, resolve_root
-from classlab.run.control import Position
-from classlab.run.fit import session_summary
-from classlab.run.session import Session, build_run_session, build_session, restore
+from classlab.data.record import make_record
+from classlab.run.control import Position, Progress
+from classlab.run.session import Session, build_run_session, restore
 from classlab.rundir import (
     DYNAMICS_FIELDS,
     METRIC_FIELDS,
     RunDirError,
     RunFiles,
-    atomic_write_text,
-    make_run_dir,
     write_json,
 )
 from classlab.rundir.checkpoint import CheckpointError, load_checkpoint
 from classlab.rundir.metrics import read_metrics, truncate_csv
 
 
-def start_run(cfg: Config, out: Path, data_root: Path | None = None) -> tuple[Session, Path]:
-    """Build the session (all checks that can fail happen here), then create the run folder
-    ``out/<name>-<timestamp>`` with its config.yaml, data.json (where the data came from,
-    and its files' MD5s) and a "running" summary."""
-    root = resolve_root(cfg.data, data_root)
-    s = build_session(cfg, root)
-    run_dir = None
-    if s.dist.main:
-        record = make_record(cfg.data, root)  # before the folder: a failure leaves nothing
-        run_dir = make_run_dir(out, cfg.name)
-        files = RunFiles(run_dir)
-        atomic_write_text(files.config, config.dump(cfg))
-        write_json(files.data_record, record)
-        write_json(files.summary, session_summary(s, run_dir, "running", {}, None, 0.0))
-    if s.dist.world > 1:  # every rank learns rank 0's folder name
-        box = [str(run_dir) if run_dir else None]
-        torch.distributed.broadcast_object_list(box, src=0)
-        run_dir = Path(box[0])
-    return s, run_dir
+@dataclass
+class Resumed:
+    """A run folder's session with its checkpoint loaded, and how far the run had come."""
+
+    session: Session
+    progress: Progress
 
 
-def resume_run(run_dir: Path, data_root: Path | None = None) -> tuple[Session, int, dict, float]:
+def resume_run(run_dir: Path, data_root: Path | None = None) -> Resumed:
     """Rebuild the session of ``run_dir`` from its config.yaml and last.pt (from scratch when
     there is no last.pt yet), or from midepoch.pt when that one is further, and drop any
     metrics/dynamics rows written after that checkpoint. The data comes from ``data_root``,
     else from where data.json says (see :func:`~classlab.run.session.build_run_session`).
 
-    Returns (session, last finished epoch, best-so-far, wall seconds so far); a mid-epoch
-    checkpoint's position is left in ``session.position`` for :func:`~classlab.run.fit.fit`.
+    The progress holds the last finished epoch, the best-so-far, the wall seconds so far
+    and, from a mid-epoch checkpoint, where the interrupted epoch continues.
     """
     files = RunFiles(run_dir)
     if not files.config.is_file():
@@ -74,8 +61,8 @@ def resume_run(run_dir: Path, data_root: Path | None = None) -> tuple[Session, i
         if record_now:
             write_json(files.data_record, make_record(cfg.data, s.data_root))
     rows = read_metrics(files.metrics) if epoch else []
-    s.position = position
-    return s, epoch, best, sum(r["seconds"] for r in rows) + (position.seconds if position else 0)
+    wall = sum(r["seconds"] for r in rows) + (position.seconds if position else 0)
+    return Resumed(s, Progress(epoch, best, wall, position))
 
 
 def _midepoch(files: RunFiles, last: dict | None) -> dict | None:
