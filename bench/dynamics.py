@@ -22,7 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, machine_line, median  # noqa: E402
 
 from classlab.config import ModelConfig, OptimConfig, SchedConfig  # noqa: E402
-from classlab.engine import Amp, Normalizer, epoch_generator, train_one_epoch  # noqa: E402
+from classlab.engine import (  # noqa: E402
+    Amp,
+    EpochPlan,
+    EpochStart,
+    Normalizer,
+    StepRecipe,
+    epoch_generator,
+    train_one_epoch,
+)
 from classlab.engine.dynamics import DynamicsLogger  # noqa: E402
 from classlab.models import build_model  # noqa: E402
 from classlab.optim import build_optimizer, build_scheduler  # noqa: E402
@@ -53,9 +61,9 @@ def main() -> int:
         opt = build_optimizer(model, OptimConfig(name="adam"))
         stepper = build_scheduler(opt, SchedConfig(name="onecycle"), 1, a.steps)
         dyn = DynamicsLogger(model, tmp / f"d{every}.csv", every) if every else None
-        train_one_epoch(model, x, y, optimizer=opt, stepper=stepper, normalize=normalize,
-                        augment_fn=lambda b, g: b, gen=epoch_generator(1, 1, x.device),
-                        batch_size=a.batch, amp=Amp("cpu", "fp32"), epoch=1, dynamics=dyn,
+        plan = EpochPlan(model, StepRecipe(opt, Amp("cpu", "fp32"), dynamics=dyn), stepper,
+                         normalize, lambda b, g: b, a.batch)
+        train_one_epoch(plan, x, y, epoch_generator(1, 1, x.device), EpochStart(1),
                         progress=False)
         if dyn is not None:
             dyn.close()

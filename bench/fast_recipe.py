@@ -107,7 +107,14 @@ def phases(args: argparse.Namespace) -> None:
     from classlab import config
     from classlab.augment import augment
     from classlab.data import load_splits
-    from classlab.engine import epoch_generator, evaluate, train_one_epoch
+    from classlab.engine import (
+        EpochPlan,
+        EpochStart,
+        StepRecipe,
+        epoch_generator,
+        evaluate,
+        train_one_epoch,
+    )
     from classlab.models import build_model
     from classlab.run.session import build_session
 
@@ -132,13 +139,12 @@ def phases(args: argparse.Namespace) -> None:
     n = min(args.phase_images, len(xs))
     gen = epoch_generator(cfg.train.seed, 1, s.device)
     aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
-    kw = dict(optimizer=s.optimizer, stepper=s.stepper, normalize=s.normalize, gen=gen,
-              batch_size=cfg.train.batch_size, amp=s.amp, epoch=1,
-              label_smoothing=cfg.train.label_smoothing, ema=s.ema, progress=False)
-    train_one_epoch(s.model, xs[:cfg.train.batch_size * 2], ys[:cfg.train.batch_size * 2],
-                    augment_fn=aug, **kw)  # warm-up
+    plan = EpochPlan(s.model, StepRecipe(s.optimizer, s.amp, cfg.train.label_smoothing),
+                     s.stepper, s.normalize, aug, cfg.train.batch_size, s.ema)
+    b2 = cfg.train.batch_size * 2
+    train_one_epoch(plan, xs[:b2], ys[:b2], gen, EpochStart(1), progress=False)  # warm-up
     clk = _Clock()
-    train_one_epoch(s.model, xs[:n], ys[:n], augment_fn=aug, **kw)
+    train_one_epoch(plan, xs[:n], ys[:n], gen, EpochStart(1), progress=False)
     t_train = clk.lap(len(xs) / n)
     clk = _Clock()
     for idx in torch.arange(n).split(cfg.train.batch_size):

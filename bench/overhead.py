@@ -25,7 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu, interleaved, load1, machine_line, wall  # noqa: E402
 
 from classlab.config import ModelConfig, OptimConfig, SchedConfig  # noqa: E402
-from classlab.engine import Amp, Normalizer, batch_indices, epoch_generator, train_one_epoch  # noqa: E402,E501
+from classlab.engine import (  # noqa: E402
+    Amp,
+    EpochPlan,
+    EpochStart,
+    Normalizer,
+    StepRecipe,
+    batch_indices,
+    epoch_generator,
+    train_one_epoch,
+)
 from classlab.models import build_model  # noqa: E402
 from classlab.optim import build_optimizer, build_scheduler  # noqa: E402
 
@@ -84,9 +93,9 @@ def main() -> int:
     def classlab() -> None:
         reset()
         gen = epoch_generator(0, epoch[0], device)
-        train_one_epoch(model, x, y, optimizer=opt, stepper=stepper, normalize=normalize,
-                        augment_fn=lambda xb, g: xb, gen=gen, batch_size=args.batch, amp=amp,
-                        epoch=epoch[0], progress=False)
+        plan = EpochPlan(model, StepRecipe(opt, amp), stepper, normalize, lambda xb, g: xb,
+                         args.batch)
+        train_one_epoch(plan, x, y, gen, EpochStart(epoch[0]), progress=False)
         epoch[0] += 1
 
     print(machine_line())

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load1, machine_line  # noqa: E402
 
 from classlab import config  # noqa: E402
-from classlab.engine import Amp, Normalizer, train_step  # noqa: E402
+from classlab.engine import Amp, Normalizer, StepRecipe, train_step  # noqa: E402
 from classlab.engine.precision import choose_speed, cpu_flags  # noqa: E402
+from classlab.engine.probe import TrainSample  # noqa: E402
 from classlab.models import build_model  # noqa: E402
 from classlab.optim import build_optimizer  # noqa: E402
 
@@ -66,16 +67,16 @@ def classlab_step(batch: int):
     net = build_model(cfg.model, 10).train()
     x_u8 = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (batch,))
-    speed = choose_speed(cfg, net, x_u8, y, MEAN, STD, torch.device("cpu"))
+    speed = choose_speed(cfg, net, TrainSample(x_u8, y, MEAN, STD), torch.device("cpu"))
     if speed.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = build_optimizer(net, cfg.optim)
     amp = Amp("cpu", speed.precision)
     xb = Normalizer(MEAN, STD, torch.device("cpu"), speed.channels_last)(x_u8)
-    params = [p for p in net.parameters() if p.requires_grad]
+    recipe = StepRecipe(opt, amp)
 
     def step() -> None:
-        train_step(net, xb, y, optimizer=opt, amp=amp, params=params)
+        train_step(net, xb, y, recipe)
     return step, sum(p.numel() for p in net.parameters()), speed
 
 

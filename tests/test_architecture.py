@@ -131,6 +131,79 @@ def test_no_private_top_level_modules():
                                                                   "__main__.py")]
 
 
+# --------------------------------------------------------------------------- one way to say it
+
+MAX_FUNCTION_LINES = 60  # def line to last line, docstring included
+
+
+def _trees():
+    return {name: ast.parse(path.read_text(), filename=str(path))
+            for name, path in MODULES.items()}
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = [f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for name, tree in _trees().items() for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"split these (at most {MAX_FUNCTION_LINES} lines): {long}"
+
+
+def test_no_module_uses_a_private_name_of_another_module():
+    found = []
+    for name, tree in _trees().items():
+        aliases = {}  # local name -> the classlab module it stands for
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                    and node.module.startswith("classlab"):
+                for a in node.names:
+                    if a.name.startswith("_"):
+                        found.append(f"{name} imports {node.module}.{a.name}")
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname or a.name: a.name for a in node.names
+                                if a.name.startswith("classlab")})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in aliases and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                found.append(f"{name} uses {aliases[node.value.id]}.{node.attr}")
+    assert not found, found
+
+
+def _formats_like(node: ast.FunctionDef, unit: str) -> bool:
+    """A function that turns a number into text ending in ``unit`` ("%", " s", " min")."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.JoinedStr):
+            text = "".join(v.value for v in sub.values if isinstance(v, ast.Constant))
+            if text.endswith(unit) and any(isinstance(v, ast.FormattedValue)
+                                           for v in sub.values):
+                return True
+    return False
+
+
+def test_percent_and_duration_formatters_are_defined_once():
+    # classlab.fmt writes every percentage and duration; a second formatter drifts apart
+    # (before: four percent formatters with three blanks, three durations, three roundings)
+    small = [(name, node) for name, tree in _trees().items() for node in ast.walk(tree)
+             if isinstance(node, ast.FunctionDef)
+             and node.end_lineno - node.lineno + 1 <= 15]  # a formatter is a small function
+    for unit in ("%", " s", " min"):
+        where = sorted(f"{name}.{node.name}" for name, node in small if _formats_like(node, unit)
+                       and any(isinstance(s, ast.Return) for s in ast.walk(node)))
+        outside = [w for w in where if not w.startswith("classlab.fmt.")]
+        assert not outside, f"format {unit!r} with classlab.fmt instead: {outside}"
+
+
+def test_no_nan_test_written_as_x_not_equal_x():
+    # classlab.fmt.is_nan / missing say what they test; `x != x` makes the reader work it out
+    found = [f"{name}:{node.lineno}: {ast.unparse(node)}" for name, tree in _trees().items()
+             for node in ast.walk(tree) if isinstance(node, ast.Compare)
+             and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq | ast.NotEq)
+             and ast.dump(node.left) == ast.dump(node.comparators[0])]
+    assert not found, found
+
+
 # --------------------------------------------------------------------------- registries
 # config holds the vocabulary; each implementing module registers one builder per name.
 

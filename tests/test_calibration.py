@@ -190,7 +190,17 @@ def test_fit_temperature_separable_hits_lower_bound():
     # Every image right with a margin: the NLL keeps falling as T -> 0.
     labels = torch.arange(6) % 3
     logits = torch.nn.functional.one_hot(labels, 3).double() * 4.0
-    assert cal.fit_temperature(logits, labels) == pytest.approx(cal.T_MIN, rel=1e-6)
+    assert cal.fit_temperature(logits, labels) == cal.T_MIN  # exactly: the summary says so
+
+
+def test_fit_temperature_always_wrong_hits_upper_bound_and_the_note_says_so():
+    # Every image confidently wrong: the NLL keeps falling as T grows (towards uniform).
+    labels = torch.arange(6) % 3
+    logits = torch.nn.functional.one_hot((labels + 1) % 3, 3).double() * 4.0
+    assert cal.fit_temperature(logits, labels) == cal.T_MAX
+    probs = torch.softmax(logits, 1).float()
+    summary = cal.calibration_summary(probs, labels, logits, labels, n_bins=15)
+    assert summary["temperature"] == cal.T_MAX and "(at the search bound)" in summary["note"]
 
 
 def test_fit_temperature_constant_rows_give_one():

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from conftest import count_hooks
 from torch import nn
 
+from classlab.config.schema import CAM_TITLES
 from classlab.diagnose import CAMS, DiagnoseError
 from classlab.diagnose.cams import check_layers, compute_cams, compute_cams_by_method
 from classlab.models import resnet18
-from classlab.report.names import CAM_NAMES
+from classlab.report.names import cam_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,7 +145,8 @@ def test_several_methods_share_one_forward_pass(net: nn.Module) -> None:
 
 
 def test_display_names_agree() -> None:
-    assert {m: CAMS[m].title for m in CAMS} == {m: CAM_NAMES[m] for m in CAMS}
+    assert {m: CAMS[m].title for m in CAMS} == CAM_TITLES
+    assert {m: cam_name(m) for m in CAMS} == CAM_TITLES
 
 
 # --------------------------------------------------------------------------- layer checks

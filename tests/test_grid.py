@@ -221,8 +221,8 @@ def test_table_from_fake_run_folders(tmp_path, capsys):
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         "| ResNet18 | Batch Normalization | OneCycleLR | 11,173,962 | 85.12% | 80.00% | "
         "81.46% | – | – | 81.90% (epoch 38) | 40 | 58.3 | finished | [resnet18-bn](resnet18-bn/) |",
-        "| ResNet18 | Layer Normalization | OneCycleLR | 11,173,962 | – | – | – | – | – | – | 3/40 | "
-        "57.0 | failed: TrainingError: non-finite loss at epoch 4, step 600 | "
+        "| ResNet18 | Layer Normalization | OneCycleLR | 11,173,962 | – | – | – | – | – | – | "
+        "3/40 | 57.0 | failed: TrainingError: non-finite loss at epoch 4, step 600 | "
         "[resnet18-ln](resnet18-ln/) |",
         "| ResNet34 | Batch Normalization | OneCycleLR | 21,282,122 | 99.50% | 91.02% | "
         "90.00% | best | – | 90.11% (epoch 39) | 40 | 101.0 | finished | "

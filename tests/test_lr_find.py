@@ -15,7 +15,14 @@ import torch
 
 from classlab import config
 from classlab.config import ConfigError
-from classlab.engine import epoch_generator, rng_state, train_one_epoch
+from classlab.engine import (
+    EpochPlan,
+    EpochStart,
+    StepRecipe,
+    epoch_generator,
+    rng_state,
+    train_one_epoch,
+)
 from classlab.run.session import Session, build_session
 from classlab.tools.lr_find import (
     lr_find,
@@ -45,11 +52,10 @@ def _session(*extra: str) -> Session:
 
 def _epoch(s: Session, epoch: int) -> None:
     x, y = s.data["train"]
-    train_one_epoch(
-        s.model, x, y, optimizer=s.optimizer, stepper=s.stepper, normalize=s.normalize,
-        augment_fn=lambda xb, g: xb, gen=epoch_generator(s.cfg.train.seed, epoch, s.device),
-        batch_size=s.cfg.train.batch_size, amp=s.amp, epoch=epoch,
-        global_step=(epoch - 1) * s.steps_per_epoch, progress=False)
+    plan = EpochPlan(s.model, StepRecipe(s.optimizer, s.amp), s.stepper, s.normalize,
+                     lambda xb, g: xb, s.cfg.train.batch_size)
+    train_one_epoch(plan, x, y, epoch_generator(s.cfg.train.seed, epoch, s.device),
+                    EpochStart(epoch, (epoch - 1) * s.steps_per_epoch), progress=False)
 
 
 def _same(a: object, b: object) -> bool:

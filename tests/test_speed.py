@@ -15,7 +15,7 @@ from classlab import config
 from classlab.config import ConfigError
 from classlab.engine import precision as speed_mod
 from classlab.engine.precision import candidates, choose_speed
-from classlab.engine.probe import Candidate, probe
+from classlab.engine.probe import Candidate, TrainSample, probe
 from classlab.models import build_model
 from classlab.run.session import build_session, default_threads
 
@@ -106,7 +106,7 @@ def test_choose_speed_leaves_weights_and_rng_untouched(tmp_path: Path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(123)
     rng = torch.get_rng_state()
-    s = choose_speed(cfg, model, x, y, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"),
+    s = choose_speed(cfg, model, TrainSample(x, y, (0.5,) * 3, (0.25,) * 3), torch.device("cpu"),
                      timer=_by_name(BF16_CL), cache=tmp_path / "speed.json")
     assert (s.precision, s.channels_last, s.how) == ("bf16", True, "probe")
     assert torch.equal(torch.get_rng_state(), rng)
@@ -144,7 +144,7 @@ def test_cache_is_keyed_by_model_batch_and_torch_version(tmp_path, monkeypatch):
         return 1.0 if c == FP32 else 2.0
 
     def choose(c):
-        return choose_speed(c, model, x, y, (0.5,) * 3, (0.25,) * 3, cpu, timer=timer,
+        return choose_speed(c, model, TrainSample(x, y, (0.5,) * 3, (0.25,) * 3), cpu, timer=timer,
                             cache=cache)
 
     first = choose(cfg)
@@ -173,12 +173,12 @@ def test_a_broken_or_unwritable_cache_costs_a_probe_not_the_run(tmp_path):
     model, x, y = _inputs(cfg)
     cache = tmp_path / "speed.json"
     cache.write_text("{not json")
-    s = choose_speed(cfg, model, x, y, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"),
+    s = choose_speed(cfg, model, TrainSample(x, y, (0.5,) * 3, (0.25,) * 3), torch.device("cpu"),
                      timer=_by_name(BF16), cache=cache)
     assert s.how == "probe" and json.loads(cache.read_text())["version"] == 1
     blocked = tmp_path / "file"
     blocked.write_text("")
-    s = choose_speed(cfg, model, x, y, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"),
+    s = choose_speed(cfg, model, TrainSample(x, y, (0.5,) * 3, (0.25,) * 3), torch.device("cpu"),
                      timer=_by_name(BF16), cache=blocked / "speed.json")  # parent is a file
     assert s.name == "bf16"
 
@@ -189,7 +189,7 @@ def test_fixed_settings_are_used_without_measuring(tmp_path):
 
     def timer(c, step):
         raise AssertionError("measured")
-    s = choose_speed(cfg, model, x, y, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"),
+    s = choose_speed(cfg, model, TrainSample(x, y, (0.5,) * 3, (0.25,) * 3), torch.device("cpu"),
                      timer=timer, cache=tmp_path / "c.json")
     assert (s.name, s.how) == ("fp32", "config") and not (tmp_path / "c.json").exists()
     # only the free half is measured
@@ -207,7 +207,7 @@ def test_auto_on_cuda_is_bf16_where_supported_else_fp16_with_a_scaler(monkeypatc
     assert cands == [Candidate(want, True)]
     assert ("scaler" in why) == (want == "fp16")
     model, x, y = _inputs(cfg)
-    s = choose_speed(cfg, model, x, y, (0.5,) * 3, (0.25,) * 3, torch.device("cuda"))
+    s = choose_speed(cfg, model, TrainSample(x, y, (0.5,) * 3, (0.25,) * 3), torch.device("cuda"))
     assert (s.precision, s.how) == (want, "cuda") and "CUDA" in s.line()
     # channels_last: auto on CUDA measures the two layouts of that precision only
     cands, _ = candidates(_cfg(device="cuda"), torch.device("cuda"))

@@ -321,12 +321,12 @@ def test_bar_numbers_refresh_at_least_every_2_seconds(monkeypatch, step_seconds)
     x, y = torch.zeros(60, 3, 2, 2, dtype=torch.uint8), torch.arange(60) % 10
     stepper = SimpleNamespace(after_batch=lambda: None)
     norm = epoch_module.Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
-    epoch_module.train_one_epoch(
-        model, x, y, optimizer=opt, stepper=stepper, normalize=norm,
-        augment_fn=lambda xb, g: xb, gen=torch.Generator().manual_seed(0), batch_size=2,
-        amp=SimpleNamespace(autocast=lambda: torch.autocast("cpu", enabled=False),
-                            scaler=torch.amp.GradScaler("cpu", enabled=False)),
-        epoch=1, progress=True)
+    amp = SimpleNamespace(autocast=lambda: torch.autocast("cpu", enabled=False),
+                          scaler=torch.amp.GradScaler("cpu", enabled=False))
+    plan = epoch_module.EpochPlan(model, epoch_module.StepRecipe(opt, amp), stepper, norm,
+                                  lambda xb, g: xb, batch_size=2)
+    epoch_module.train_one_epoch(plan, x, y, torch.Generator().manual_seed(0),
+                                 epoch_module.EpochStart(1), progress=True)
     gaps = np.diff([0.0, *bar.postfix_at, now[0]])
     assert bar.n == 30 and max(gaps) <= max(2.0, step_seconds) + 1e-9
     if step_seconds < 1:  # fast steps: the numbers (a GPU sync each) are not read every step

@@ -21,7 +21,8 @@ from typing import Any
 
 from classlab import config
 from classlab.config import Config, ConfigError
-from classlab.rundir.files import RunDirError, read_json
+from classlab.fmt import missing, pct
+from classlab.rundir.files import read_json, run_folder
 from classlab.rundir.layout import RunFiles
 
 __all__ = ["Run", "load_run", "resolve_config", "train"]
@@ -64,10 +65,8 @@ class Run:
 
     def __init__(self, run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
                  device: str | None = None, session: Any = None) -> None:
-        self.dir = Path(run_dir)
+        self.dir = run_folder(run_dir)
         self.files = RunFiles(self.dir)
-        if not self.files.config.is_file():
-            raise RunDirError(f"{self.dir}: not a run folder (no config.yaml)")
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.device = device
         self._session = session
@@ -77,7 +76,7 @@ class Run:
     def __repr__(self) -> str:
         s = self.summary
         acc = (s.get("final") or {}).get("test_acc")
-        more = f", test acc {acc:.2f}%" if isinstance(acc, (int, float)) else ""
+        more = f", test acc {pct(acc)}" if not missing(acc) else ""
         return f"Run({str(self.dir)!r}: {s.get('status', '?')}, " \
                f"{s.get('epochs_done', 0)}/{s.get('epochs', '?')} epochs{more})"
 

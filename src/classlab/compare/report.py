@@ -31,7 +31,14 @@ from classlab.report.blocks import Block, H, Img, Md, P, Table
 from classlab.report.dynamics import plot_compare
 from classlab.report.htmlpage import to_html
 from classlab.report.markdown import to_markdown
-from classlab.rundir import RunDirError, RunFiles, atomic_write_text, read_json, save_figure
+from classlab.rundir import (
+    RunDirError,
+    RunFiles,
+    atomic_write_text,
+    read_json,
+    run_folder,
+    save_figure,
+)
 from classlab.rundir.metrics import read_metrics
 
 GALLERY = 20  # images per direction
@@ -57,8 +64,7 @@ class Compared:
 
 def _open(run_dir: Path, evaluate: bool, data_root: Path | None) -> Compared:
     files = RunFiles(run_dir)
-    if not files.config.is_file():
-        raise RunDirError(f"{run_dir}: not a run folder (no config.yaml)")
+    run_folder(run_dir)
     raw = config.read_yaml(files.config)
     try:
         summary = read_json(files.summary)

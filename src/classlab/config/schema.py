@@ -7,7 +7,7 @@ Each field carries its help text, unit, bounds and allowed values in ``metadata`
 The allowed names of the registries (datasets, models, norms, optimizers, schedulers,
 augmentations, CAM methods) are listed here, as plain tuples: config is the vocabulary and
 imports no implementation. Each implementing module registers one builder per name, and
-``tests/test_registries.py`` checks that every name here has exactly one builder there.
+``tests/test_architecture.py`` checks that every name here has exactly one builder there.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ NORMS = ("bn", "gn", "ln")
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
 SCHEDULERS = ("cosine", "linear", "none", "onecycle", "plateau", "step")
 AUGMENTATIONS = ("crop", "cutout", "flip", "rotate")
-CAMS = ("eigencam", "gradcam", "gradcampp", "hirescam", "layercam", "scorecam", "xgradcam")
+# CAM method -> its display name (figures, the report, tables)
+CAM_TITLES = {"eigencam": "Eigen-CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++",
+              "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+              "xgradcam": "XGrad-CAM"}
+CAMS = tuple(CAM_TITLES)
 
 
 def _f(default: Any, help: str, **checks: Any) -> Any:

@@ -39,8 +39,8 @@ CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"  # cifar-10-python.tar.
 
 PY_FOLDER = "cifar-10-batches-py"
 BIN_FOLDER = "cifar-10-batches-bin"
-_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-_TEST_BATCH = "test_batch"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
 _IMG = 3 * 32 * 32  # bytes per image: 1024 R, then 1024 G, then 1024 B, each row-major
 
 def _class_names(meta: Path) -> list[str]:
@@ -77,9 +77,9 @@ def read_cifar10_bin(folder: Path, md5s: Mapping[str, str] | None = None) -> Arr
         check_labels(path, y, len(classes))
         return rec[:, 1:], y
 
-    parts = [batch(n) for n in _TRAIN_BATCHES]
+    parts = [batch(n) for n in TRAIN_BATCHES]
     x_train, y_train = to_tensors([p[0] for p in parts], [p[1] for p in parts])
-    xt, yt = batch(_TEST_BATCH)
+    xt, yt = batch(TEST_BATCH)
     x_test, y_test = to_tensors([xt], [yt])
     return x_train, y_train, x_test, y_test, classes
 
@@ -165,9 +165,9 @@ def read_cifar10_py(folder: Path, md5s: Mapping[str, str] | None = None) -> Arra
     def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
         return _pickled_batch(folder / name, md5s, b"labels", len(classes))
 
-    parts = [batch(n) for n in _TRAIN_BATCHES]
+    parts = [batch(n) for n in TRAIN_BATCHES]
     x_train, y_train = to_tensors([p[0] for p in parts], [p[1] for p in parts])
-    xt, yt = batch(_TEST_BATCH)
+    xt, yt = batch(TEST_BATCH)
     x_test, y_test = to_tensors([xt], [yt])
     return x_train, y_train, x_test, y_test, classes
 

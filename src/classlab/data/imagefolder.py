@@ -16,12 +16,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 _LAYOUT = "expected <dir>/train/<class>/*.png|jpg, <dir>/test/<class>/*, optional <dir>/val/"
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
+def visible_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
                   key=lambda p: p.name)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
 
@@ -64,11 +64,11 @@ def _read_split(split_dir: Path, classes: list[str], size: int, mode: str,
     """All images of ``split_dir/<class>/``, as uint8 ``[N,3,size,size]`` and labels."""
     index = {c: i for i, c in enumerate(classes)}
     files: list[tuple[Path, int]] = []
-    for d in _visible_dirs(split_dir):
+    for d in visible_dirs(split_dir):
         if d.name not in index:
             raise DataError(f"{d}: class {d.name!r} is not in {root / 'train'} (train classes: "
                             f"{', '.join(classes)})")
-        found = _image_files(d)
+        found = image_files(d)
         if split_dir.name == "train" and not found:
             raise DataError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)})")
         files += [(p, index[d.name]) for p in found]
@@ -94,7 +94,7 @@ def read_image_folder(root: Path, size: int = 32,
     for d in (train_dir, test_dir):
         if not d.is_dir():
             raise DataError(f"{d}: missing; {_LAYOUT}")
-    classes = [d.name for d in _visible_dirs(train_dir)]
+    classes = [d.name for d in visible_dirs(train_dir)]
     if not classes:
         raise DataError(f"{train_dir}: no class folders; {_LAYOUT}")
     try:
@@ -119,5 +119,5 @@ def count_images(root: Path) -> tuple[int, bool]:
     train_dir = Path(root) / "train"
     if not train_dir.is_dir():
         raise DataError(f"{train_dir}: missing; {_LAYOUT}")
-    n = sum(len(_image_files(d)) for d in _visible_dirs(train_dir))
+    n = sum(len(image_files(d)) for d in visible_dirs(train_dir))
     return n, (Path(root) / "val").is_dir()

@@ -21,14 +21,14 @@ from pathlib import Path
 from classlab.config import DataConfig
 from classlab.data import base, cifar
 from classlab.data.base import DataError, default_data_dir
-from classlab.data.imagefolder import _image_files, _visible_dirs
+from classlab.data.imagefolder import image_files, visible_dirs
 
 # dataset -> its releases in the order the loader tries them: (folder, files it reads)
 _RELEASES: dict[str, list[tuple[str, list[str]]]] = {
     "cifar10": [
-        (cifar.PY_FOLDER, [*cifar._TRAIN_BATCHES, cifar._TEST_BATCH, "batches.meta"]),
-        (cifar.BIN_FOLDER, [*(f"{b}.bin" for b in cifar._TRAIN_BATCHES),
-                            f"{cifar._TEST_BATCH}.bin", "batches.meta.txt"]),
+        (cifar.PY_FOLDER, [*cifar.TRAIN_BATCHES, cifar.TEST_BATCH, "batches.meta"]),
+        (cifar.BIN_FOLDER, [*(f"{b}.bin" for b in cifar.TRAIN_BATCHES),
+                            f"{cifar.TEST_BATCH}.bin", "batches.meta.txt"]),
     ],
     "cifar100": [
         (cifar.C100_PY_FOLDER, ["train", "test", "meta"]),
@@ -65,8 +65,8 @@ def dataset_files(cfg: DataConfig, root: Path) -> list[str]:
         files = []
         for split in ("train", "test", "val"):
             if (root / split).is_dir():
-                files += [p.relative_to(root).as_posix() for d in _visible_dirs(root / split)
-                          for p in _image_files(d)]
+                files += [p.relative_to(root).as_posix() for d in visible_dirs(root / split)
+                          for p in image_files(d)]
         return files
     return []
 

@@ -313,8 +313,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     nll = _NLL(logits, labels)
     if nll.flat():
         return 1.0
-    log_t = _golden_min(lambda u: nll(math.exp(-u)), math.log(T_MIN), math.log(T_MAX),
-                        _GOLDEN_TOL)
+    lo, hi = math.log(T_MIN), math.log(T_MAX)
+    log_t = _golden_min(lambda u: nll(math.exp(-u)), lo, hi, _GOLDEN_TOL)
+    # A search that ended in the last bracket at a bound found no minimum inside: the NLL is
+    # still falling there, so the answer is the bound itself, exactly (not a value 1e-8 inside
+    # it, which a caller asking "at the bound?" would not recognise).
+    for bound, t_bound in ((lo, T_MIN), (hi, T_MAX)):
+        if abs(log_t - bound) <= 2 * _GOLDEN_TOL:
+            return t_bound
     s = _newton_polish(nll, math.exp(-log_t))
     return float(min(max(1.0 / s, T_MIN), T_MAX))
 

@@ -15,6 +15,7 @@ besides the layer's activations ``A [N,K,h,w]``:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from classlab.config.schema import CAM_TITLES
 
 
 class DiagnoseError(RuntimeError):
@@ -108,24 +111,30 @@ class CamMethod:
     """One CAM method: its map function and what it needs (see the module docstring)."""
 
     fn: Callable[..., torch.Tensor]
-    title: str  # display name in figures (the report's are classlab.report.names.CAM_NAMES)
     needs: str = "gradients"  # "gradients" | "nothing" | "scores"
     # Smallest h*w of the layer's map the method can use: a 1x1 map upsampled is one
     # constant (Score-CAM: every mask would be the same flat mask; Eigen-CAM: no spatial
     # component to project on).
     min_cells: int = 1
     class_specific: bool = True  # False: the map ignores the target class (Eigen-CAM)
+    name: str = ""  # its config name, filled in by the registry below
+
+    @property
+    def title(self) -> str:
+        """Display name in figures and the report (the vocabulary's CAM_TITLES)."""
+        return CAM_TITLES[self.name]
 
 
 CAMS: dict[str, CamMethod] = {
-    "eigencam": CamMethod(_eigencam, "Eigen-CAM", needs="nothing", min_cells=2,
-                          class_specific=False),
-    "gradcam": CamMethod(_gradcam, "Grad-CAM"),
-    "gradcampp": CamMethod(_gradcampp, "Grad-CAM++"),
-    "hirescam": CamMethod(_hirescam, "HiResCAM"),
-    "layercam": CamMethod(_layercam, "LayerCAM"),
-    "scorecam": CamMethod(_scorecam, "Score-CAM", needs="scores", min_cells=2),
-    "xgradcam": CamMethod(_xgradcam, "XGrad-CAM"),
+    name: dataclasses.replace(method, name=name) for name, method in {
+        "eigencam": CamMethod(_eigencam, needs="nothing", min_cells=2, class_specific=False),
+        "gradcam": CamMethod(_gradcam),
+        "gradcampp": CamMethod(_gradcampp),
+        "hirescam": CamMethod(_hirescam),
+        "layercam": CamMethod(_layercam),
+        "scorecam": CamMethod(_scorecam, needs="scores", min_cells=2),
+        "xgradcam": CamMethod(_xgradcam),
+    }.items()
 }
 
 
@@ -407,26 +416,36 @@ def compute_cams_by_method(
                   if any(CAMS[m].needs == "scores" for m in methods) else None)
         maps: dict[str, dict[str, torch.Tensor]] = {m: {} for m in methods}
         for c, g in captured:
-            a = c.activations.detach().float()  # [N,K,h',w']
-            if a.ndim != 4:
-                raise DiagnoseError(f"diagnose.layers: {c.name!r} outputs "
-                                    f"{list(a.shape)}, not an [N,K,h,w] feature map")
-            g = torch.zeros_like(a) if g is None else g.detach().float()
-            c.activations = c.gradients = None  # drop the graph now
-            for m in methods:
-                method = CAMS[m]
-                if a.shape[2] * a.shape[3] < method.min_cells:
-                    raise DiagnoseError(f"diagnose.layers: {c.name!r} gives a "
-                                        f"{a.shape[2]}x{a.shape[3]} map, too small for {m}'s "
-                                        f"masks (needs at least {method.min_cells} cells)")
-                args = {"gradients": (g,), "nothing": (), "scores": (scorer,)}[method.needs]
-                cam = method.fn(a, *args)  # [N,h',w']
-                cam = F.interpolate(cam[:, None], size=(h, w), mode="bilinear",
-                                    align_corners=False)[:, 0]  # [N,H,W]
-                maps[m][c.name] = _normalise(cam)
+            for m, cam in _layer_maps(c, g, methods, scorer, (h, w)).items():
+                maps[m][c.name] = cam
         return maps
     finally:
         model.train(was_training)
+
+
+def _layer_maps(c: Any, g: torch.Tensor | None, methods: list[str], scorer: Any,
+                size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Every method's ``[N,H,W]`` map of one captured layer ``c`` (its activations, and
+    ``g`` their gradients), upsampled to ``size`` and normalised per image."""
+    a = c.activations.detach().float()  # [N,K,h',w']
+    if a.ndim != 4:
+        raise DiagnoseError(f"diagnose.layers: {c.name!r} outputs {list(a.shape)}, not an "
+                            "[N,K,h,w] feature map")
+    g = torch.zeros_like(a) if g is None else g.detach().float()
+    c.activations = c.gradients = None  # drop the graph now
+    out = {}
+    for m in methods:
+        method = CAMS[m]
+        if a.shape[2] * a.shape[3] < method.min_cells:
+            raise DiagnoseError(f"diagnose.layers: {c.name!r} gives a {a.shape[2]}x{a.shape[3]} "
+                                f"map, too small for {m}'s masks (needs at least "
+                                f"{method.min_cells} cells)")
+        args = {"gradients": (g,), "nothing": (), "scores": (scorer,)}[method.needs]
+        cam = method.fn(a, *args)  # [N,h',w']
+        cam = F.interpolate(cam[:, None], size=size, mode="bilinear",
+                            align_corners=False)[:, 0]  # [N,H,W]
+        out[m] = _normalise(cam)
+    return out
 
 
 def compute_cams(

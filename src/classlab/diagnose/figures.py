@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -327,6 +328,27 @@ def _verdict(row: dict) -> str:
     return f"{gain:+.3f} ± {se:.3f}: {mark}" if not is_nan(se) else f"{gain:+.3f}"
 
 
+def _faithfulness_curves(ax: Any, curves: dict, by_key: dict, layer: str, r: int,
+                         methods: list[str], titles: dict[str, str]) -> None:
+    """One panel of :func:`plot_faithfulness`: the deletion (``r`` 0) or insertion (1)
+    curves of every method at ``layer``, and the layer's random map, dashed."""
+    what = ("deletion", "insertion")[r]
+    colours = _method_colours(methods)
+    rand_auc = None
+    for m in methods:
+        row = by_key.get((m, layer))
+        if row is None:
+            continue
+        ys = np.asarray(curves[(m, layer)][r], dtype=np.float64)
+        ax.plot(np.linspace(0, 1, len(ys)), ys, color=colours[m], lw=1.6,
+                label=f"{titles.get(m, m)}  {row[f'{what}_auc']:.3f}")
+        rand_auc = row[f"random_{what}_auc"]
+    if ("random", layer) in curves:
+        ys = np.asarray(curves[("random", layer)][r], dtype=np.float64)
+        ax.plot(np.linspace(0, 1, len(ys)), ys, color=_RANDOM, ls="--", lw=1.4,
+                label=f"random map  {rand_auc:.3f}" if rand_auc is not None else "random map")
+
+
 def plot_faithfulness(curves: dict, rows: list[dict], layers: list[str], methods: list[str],
                       titles: dict[str, str], fill: str, out: Path) -> None:
     """Mean deletion (top row) and insertion (bottom row) curves per layer (columns): the
@@ -334,7 +356,6 @@ def plot_faithfulness(curves: dict, rows: list[dict], layers: list[str], methods
     relevant first, for every method and the layer's random map. ``curves``:
     (method, layer) -> (deletion [S+1], insertion [S+1]); ``rows``: Faithfulness.rows()."""
     by_key = {(r["method"], r["layer"]): r for r in rows}
-    colours = _method_colours(methods)
     n = rows[0]["images"] if rows else 0
     # Margins in inches, laid out by hand: constrained layout took ~0.4 s more per figure.
     left, right, top, bottom, gap_w, gap_h, panel_h = 0.9, 0.2, 1.05, 0.55, 0.4, 0.85, 2.9
@@ -347,25 +368,9 @@ def plot_faithfulness(curves: dict, rows: list[dict], layers: list[str], methods
     axes = fig.subplots(2, len(layers), squeeze=False, sharey=True)
     for c, layer in enumerate(layers):
         cells = next((r["cells"] for r in rows if r["layer"] == layer), None)
-        for r, (what, auc_key, rand_key) in enumerate((
-                ("deletion", "deletion_auc", "random_deletion_auc"),
-                ("insertion", "insertion_auc", "random_insertion_auc"))):
+        for r, what in enumerate(("deletion", "insertion")):
             ax = axes[r, c]
-            rand_auc = None
-            for m in methods:
-                row = by_key.get((m, layer))
-                if row is None:
-                    continue
-                ys = np.asarray(curves[(m, layer)][r], dtype=np.float64)
-                xs = np.linspace(0, 1, len(ys))
-                ax.plot(xs, ys, color=colours[m], lw=1.6,
-                        label=f"{titles.get(m, m)}  {row[auc_key]:.3f}")
-                rand_auc = row[rand_key]
-            if ("random", layer) in curves:
-                ys = np.asarray(curves[("random", layer)][r], dtype=np.float64)
-                ax.plot(np.linspace(0, 1, len(ys)), ys, color=_RANDOM, ls="--", lw=1.4,
-                        label=f"random map  {rand_auc:.3f}" if rand_auc is not None
-                        else "random map")
+            _faithfulness_curves(ax, curves, by_key, layer, r, methods, titles)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)

@@ -9,7 +9,9 @@ into a session is the run layer's (:func:`classlab.run.diagnosis.diagnose_run`).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,6 +257,16 @@ def _cams(s, model: nn.Module, p: Predictions, shown: torch.Tensor, a: Args,
 # --------------------------------------------------------------------------- the run
 
 
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Add the body's wall time to ``seconds[step]`` (diagnose.json's timing of each step)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - t
+
+
 def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
              seconds: dict[str, float] | None = None) -> dict:
     """Write predictions.csv and ``run_dir/diagnose/*`` for the session ``s``, whose model
@@ -272,35 +284,22 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
     files.diagnose.mkdir(exist_ok=True)
     epoch = checkpoint_epoch if checkpoint_epoch is not None else _epochs_done(files)
 
-    t = time.perf_counter()
-    p = predict(s, files, epoch)
-    _write_predictions(files.predictions, p, classes)
-    seconds["predictions"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    has_curves = plot_curves(run_dir, files.curves)
-    seconds["curves"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    shown = most_confident_mistakes(p, a.count)  # [m] test-set indices
-    images = to_hwc(s.data["test"][0][shown.to(s.device)])  # uint8 [m,H,W,3]
-    conf = p.conf
-    titles = [label(classes, int(p.y[i]), int(p.pred[i]), float(conf[i])) for i in shown]
-    plot_mistakes(images, titles, files.mistakes)
-    seconds["mistakes"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    per_class, pairs = _tables(p, classes, files)
-    seconds["confusion"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    normalize = s.normalize  # the run's memory format and (s.amp) precision
-    calibration = calibration_step(s, p.probs, p.y, files)
-    seconds["calibration"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    kept = _cams(s, model, p, shown, a, files, images, titles, classes, normalize)
-    seconds["cams"] = time.perf_counter() - t
+    with _timed(seconds, "predictions"):
+        p = predict(s, files, epoch)
+        _write_predictions(files.predictions, p, classes)
+    with _timed(seconds, "curves"):
+        has_curves = plot_curves(run_dir, files.curves)
+    with _timed(seconds, "mistakes"):
+        shown = most_confident_mistakes(p, a.count)  # [m] test-set indices
+        images = to_hwc(s.data["test"][0][shown.to(s.device)])  # uint8 [m,H,W,3]
+        titles = [label(classes, int(p.y[i]), int(p.pred[i]), float(p.conf[i])) for i in shown]
+        plot_mistakes(images, titles, files.mistakes)
+    with _timed(seconds, "confusion"):
+        per_class, pairs = _tables(p, classes, files)
+    with _timed(seconds, "calibration"):
+        calibration = calibration_step(s, p.probs, p.y, files)
+    with _timed(seconds, "cams"):  # the run's memory format (s.normalize) and precision
+        kept = _cams(s, model, p, shown, a, files, images, titles, classes, s.normalize)
 
     checks = _check_cams(s, model, kept, a, cells, image_hw, images, files, seconds)
     seconds["total"] = time.perf_counter() - t_start + seconds.get("load", 0.0)

@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from classlab.engine.amp import Amp
 from classlab.engine.batches import Normalizer, batch_indices
 from classlab.engine.distributed import Dist
-from classlab.engine.dynamics import DynamicsLogger
 from classlab.engine.ema import Ema
 from classlab.engine.errors import TrainingError
-from classlab.engine.step import train_step
+from classlab.engine.step import StepRecipe, train_step
 from classlab.optim import Stepper, current_lr
 
 # (this rank's batches of indices, epoch generator) -> their augmented uint8 [B,3,H,W] images
@@ -137,69 +135,70 @@ def _batches(x: torch.Tensor, batches: list[torch.Tensor], gen: torch.Generator,
         yield idx, augment_fn(normalize(x[idx]), aug_gen)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    optimizer: torch.optim.Optimizer,
-    stepper: Stepper,
-    normalize: Normalizer,
-    augment_fn: AugmentFn,
-    gen: torch.Generator,
-    batch_size: int,
-    amp: Amp,
-    epoch: int,
-    global_step: int = 0,
-    label_smoothing: float = 0.0,
-    grad_clip: float = 0.0,
-    dynamics: DynamicsLogger | None = None,
-    ema: Ema | None = None,
-    dist: Dist = Dist(),
-    progress: bool = True,
-    batch_source: BatchSource | None = None,
-    start_step: int = 0,
-    start_tally: Tally | None = None,
-    on_step: Callable[[StepInfo], None] | None = None,
-    note: Callable[[], str] | None = None,
-) -> EpochResult:
-    """One pass over ``x`` (uint8 ``[N,3,H,W]`` on the device) in shuffled batches.
+@dataclass
+class EpochPlan:
+    """What the epoch loop needs that stays the same from one epoch to the next."""
 
-    ``batch_source`` (``aug.backend=albumentations``): called once with the epoch's batches
-    of indices (this rank's shards) and ``gen``, it yields their augmented uint8 images, which
-    replace ``augment_fn(normalize(x[idx]))`` by ``normalize(images)``; the batches, and so
-    the shuffling, stay those of ``batch_indices``. A non-finite loss raises TrainingError
-    naming the epoch and step. ``global_step`` is the run's step index of the epoch's first
-    batch; ``start_step`` steps of it are already done (their sums in ``start_tally``, this
-    process's share). ``note()`` is appended to the progress bar (e.g. the run's ETA).
-    """
-    model.train()
-    batches = batch_indices(len(x), batch_size, gen)
-    run = _Running(x.device, epoch, global_step + start_step, start_tally)
-    stream = _batches(x, batches, gen, dist, normalize, augment_fn, batch_source)
-    for _ in itertools.islice(stream, start_step):  # replay: same generator state as before
+    net: nn.Module  # what the step calls (the model, or its DDP / compiled wrapper)
+    recipe: StepRecipe  # optimizer, precision, label smoothing, clipping, dynamics
+    stepper: Stepper  # the LR schedule (stepped after every batch when it is per batch)
+    normalize: Normalizer  # uint8 images -> float batches in the run's memory format
+    augment_fn: AugmentFn  # (normalised batch, generator) -> augmented batch
+    batch_size: int  # images per step, global across processes
+    ema: Ema | None = None
+    dist: Dist = field(default_factory=Dist)
+    # aug.backend=albumentations: called once with the epoch's batches of indices (this
+    # rank's shards) and the epoch generator, it yields their augmented uint8 images, which
+    # replace augment_fn(normalize(x[idx])); the batches, and so the shuffling, stay the same.
+    batch_source: BatchSource | None = None
+
+
+@dataclass
+class EpochStart:
+    """Where an epoch starts: its number and the run's step index of its first batch; an
+    epoch continued after an interruption has ``done`` steps behind it, whose sums (this
+    process's share) are ``tally``."""
+
+    epoch: int
+    first_step: int = 0
+    done: int = 0
+    tally: Tally | None = None
+
+
+def train_one_epoch(plan: EpochPlan, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                    start: EpochStart, *, progress: bool = True,
+                    on_step: Callable[[StepInfo], None] | None = None,
+                    note: Callable[[], str] | None = None) -> EpochResult:
+    """One pass over ``x`` (uint8 ``[N,3,H,W]`` on the device) in shuffled batches drawn from
+    ``gen``, as ``plan`` says, from ``start``. A non-finite loss raises TrainingError naming
+    the epoch and step. ``note()`` is appended to the progress bar (e.g. the run's ETA);
+    ``on_step`` is called after every step."""
+    p, epoch = plan, start.epoch
+    p.net.train()
+    batches = batch_indices(len(x), p.batch_size, gen)
+    run = _Running(x.device, epoch, start.first_step + start.done, start.tally)
+    stream = _batches(x, batches, gen, p.dist, p.normalize, p.augment_fn, p.batch_source)
+    for _ in itertools.islice(stream, start.done):  # replay: same generator state as before
         pass
-    bar = _progress(len(batches), f"Epoch {epoch}", progress, initial=start_step)
+    bar = _progress(len(batches), f"Epoch {epoch}", progress, initial=start.done)
     shown = float("-inf")  # when the bar's numbers were last read back (time.monotonic)
     try:
-        for i, (idx, xb) in enumerate(stream, start=start_step):
+        for i, (idx, xb) in enumerate(stream, start=start.done):
             yb = y[idx]
-            loss, logits = train_step(
-                model, xb, yb, optimizer=optimizer, amp=amp, params=model.parameters(),
-                label_smoothing=label_smoothing, grad_clip=grad_clip, dynamics=dynamics,
-                step=global_step + i, epoch=epoch)
-            stepper.after_batch()
-            if ema is not None:
-                ema.update(model)
+            loss, logits = train_step(p.net, xb, yb, p.recipe, step=start.first_step + i,
+                                      epoch=epoch)
+            p.stepper.after_batch()
+            if p.ema is not None:
+                p.ema.update(p.net)
             last = i == len(batches) - 1
             run.add(loss, logits, yb, last)
             if progress:
-                shown = _show(bar, shown, last, loss, optimizer, run, note)
+                shown = _show(bar, shown, last, loss, p.recipe.optimizer, run, note)
             if on_step is not None:
-                on_step(StepInfo(epoch, i + 1, len(batches), lambda: run.tally(dist)))
+                on_step(StepInfo(epoch, i + 1, len(batches), lambda: run.tally(p.dist)))
     finally:
         bar.close()
-    return run.result(dist, len(batches))
+    return run.result(p.dist, len(batches))
 
 
 def _show(bar, shown: float, last: bool, loss: torch.Tensor, optimizer: torch.optim.Optimizer,

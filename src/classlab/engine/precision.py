@@ -29,7 +29,15 @@ import torch
 
 from classlab.config import Config
 from classlab.engine.distributed import Dist
-from classlab.engine.probe import Candidate, Timer, isolated, probe, training_step_maker, wall_timer
+from classlab.engine.probe import (
+    Candidate,
+    Timer,
+    TrainSample,
+    isolated,
+    probe,
+    training_step_maker,
+    wall_timer,
+)
 from classlab.optim import build_optimizer
 from classlab.rundir import write_json
 
@@ -179,12 +187,11 @@ def _torch_of(key: str) -> str | None:
 # --------------------------------------------------------------------------- choosing
 
 
-def choose_speed(cfg: Config, model: torch.nn.Module, train_x: torch.Tensor,
-                 train_y: torch.Tensor, mean, std, device: torch.device, *,
-                 dist: Dist | None = None, recorded: dict | None = None, timer: Timer | None = None,
-                 cache: Path | None = None) -> Speed:
+def choose_speed(cfg: Config, model: torch.nn.Module, sample: TrainSample, device: torch.device,
+                 *, dist: Dist | None = None, recorded: dict | None = None,
+                 timer: Timer | None = None, cache: Path | None = None) -> Speed:
     """The run's :class:`Speed`. ``model`` is the freshly built model (probe steps train
-    deep copies of it); ``train_x`` uint8 ``[N,3,H,W]`` and ``train_y`` on ``device``;
+    deep copies of it) on ``device``, ``sample`` the run's training images there;
     ``recorded``: the ``speed`` a run folder already recorded, used when still allowed."""
     dist = dist or Dist()
     cands, why = candidates(cfg, device)
@@ -198,7 +205,7 @@ def choose_speed(cfg: Config, model: torch.nn.Module, train_x: torch.Tensor,
         return Speed(cands[0].precision, cands[0].channels_last, how, why)
     speed = None
     if dist.main:
-        speed = _measure_or_cached(cfg, model, train_x, train_y, mean, std, device, cands,
+        speed = _measure_or_cached(cfg, model, sample, device, cands,
                                    batch=max(1, cfg.train.batch_size // dist.world),
                                    timer=timer, cache=cache or cache_file())
     if dist.world > 1:  # every rank trains the same way: rank 0's decision
@@ -208,9 +215,9 @@ def choose_speed(cfg: Config, model: torch.nn.Module, train_x: torch.Tensor,
     return speed
 
 
-def _measure_or_cached(cfg: Config, model, train_x, train_y, mean, std, device, cands, *,
+def _measure_or_cached(cfg: Config, model, sample: TrainSample, device, cands, *,
                        batch: int, timer: Timer | None, cache: Path) -> Speed:
-    key = cache_key(cfg, device, batch, tuple(train_x.shape[1:]), cands)
+    key = cache_key(cfg, device, batch, tuple(sample.x.shape[1:]), cands)
     hit = read_cache(cache).get(key)
     if isinstance(hit, dict):
         with contextlib.suppress(KeyError, TypeError, ValueError):
@@ -219,8 +226,9 @@ def _measure_or_cached(cfg: Config, model, train_x, train_y, mean, std, device, 
             speed.why = f"{speed.why}; measured earlier on this machine, cached in {cache}"
             return speed
     make_step = training_step_maker(
-        model, lambda net: build_optimizer(net, cfg.optim), train_x[:batch], train_y[:batch],
-        mean, std, device, cfg.train.label_smoothing)
+        model, lambda net: build_optimizer(net, cfg.optim),
+        TrainSample(sample.x[:batch], sample.y[:batch], sample.mean, sample.std), device,
+        cfg.train.label_smoothing)
     with isolated([device]):
         result = probe(cands, make_step, batch, timer=timer or wall_timer(device))
     best = result.best

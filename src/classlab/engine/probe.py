@@ -39,7 +39,7 @@ from torch import nn
 
 from classlab.engine.amp import Amp
 from classlab.engine.batches import Normalizer
-from classlab.engine.step import train_step
+from classlab.engine.step import StepRecipe, train_step
 
 SCREEN_RATIO = 3.0  # screening step this much slower per image than the best: dropped
 SLOWER_RATIO = 1.25  # a timed step this much slower than the best median: stop timing it
@@ -137,15 +137,26 @@ def _second_step(c: Candidate, step: Callable[[], None], timer: Timer) -> float:
     return timer(c, step)
 
 
+@dataclass
+class TrainSample:
+    """Training images a probe steps on, and how the run normalises them."""
+
+    x: torch.Tensor  # uint8 [N,3,H,W] on the run's device
+    y: torch.Tensor  # [N] int64 labels
+    mean: Sequence[float]  # per channel, in [0, 1]
+    std: Sequence[float]
+
+
 def training_step_maker(model: nn.Module,
                         make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                        images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
-                        std: Sequence[float], device: torch.device,
+                        sample: TrainSample, device: torch.device,
                         label_smoothing: float = 0.0) -> StepMaker:
     """``make_step`` for :func:`probe` from a run's model and optimizer recipe: each
     candidate trains its own deep copy of ``model`` (in the candidate's memory format, with a
-    fresh optimizer from ``make_optimizer``) on the first ``batch`` of ``images`` (uint8
-    ``[N,3,H,W]``, repeated when there are fewer), normalised as the run does."""
+    fresh optimizer from ``make_optimizer``) on the first ``batch`` of the sample's images
+    (repeated when there are fewer), normalised as the run does."""
+    images, labels, mean, std = sample.x, sample.y, sample.mean, sample.std
+
     def make_step(c: Candidate, batch: int) -> Callable[[], None]:
         reps = -(-batch // len(images))
         idx = torch.arange(batch, device=images.device) % len(images) if reps > 1 else slice(batch)
@@ -156,11 +167,10 @@ def training_step_maker(model: nn.Module,
         amp = Amp(device.type, c.precision)
         xb = Normalizer(tuple(mean), tuple(std), device, c.channels_last)(images[idx])
         yb = labels[idx]
-        params = [p for p in net.parameters() if p.requires_grad]
+        recipe = StepRecipe(opt, amp, label_smoothing)
 
         def step() -> None:
-            train_step(net, xb, yb, optimizer=opt, amp=amp, params=params,
-                       label_smoothing=label_smoothing)
+            train_step(net, xb, yb, recipe)
         return step
     return make_step
 

@@ -7,12 +7,25 @@ test (:mod:`classlab.tools.lr_find`), so both train exactly the same way.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classlab.engine.amp import Amp
 from classlab.engine.dynamics import DynamicsLogger
+
+
+@dataclass
+class StepRecipe:
+    """How a training step updates the weights: everything but the batch and its index."""
+
+    optimizer: torch.optim.Optimizer
+    amp: Amp  # autocast dtype and the (fp16) gradient scaler
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # total L2 norm of the gradients (0: off)
+    dynamics: DynamicsLogger | None = None  # weight-update logging (log.dynamics_every)
 
 
 def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -38,19 +51,17 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
         dynamics.after_step(step, epoch, optimizer)
 
 
-def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, *,
-               optimizer: torch.optim.Optimizer, amp, params: Iterable[nn.Parameter],
-               label_smoothing: float = 0.0, grad_clip: float = 0.0,
-               dynamics: DynamicsLogger | None = None, step: int = 0,
-               epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, recipe: StepRecipe, *,
+               step: int = 0, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on the normalised, augmented batch ``xb`` ``[B,3,H,W]`` with labels ``yb``
-    ``[B]``. ``amp`` is a :class:`classlab.engine.amp.Amp`; ``params`` the parameters
-    clipping applies to. Returns the detached mean loss (a 0-d tensor, still on the device:
-    reading it would synchronise a GPU) and the logits ``[B,K]``."""
-    with amp.autocast():
+    ``[B]``, as ``recipe`` says; ``step`` is the run's 0-based step index. Clipping applies to
+    all of ``net``'s parameters. Returns the detached mean loss (a 0-d tensor, still on the
+    device: reading it would synchronise a GPU) and the logits ``[B,K]``."""
+    r = recipe
+    with r.amp.autocast():
         logits = net(xb)
         # The loss in float32 whatever the autocast dtype: bf16 cross-entropy loses digits.
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
-    backward_and_step(loss, optimizer, amp.scaler, params, grad_clip=grad_clip,
-                      dynamics=dynamics, step=step, epoch=epoch)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+    backward_and_step(loss, r.optimizer, r.amp.scaler, net.parameters(), grad_clip=r.grad_clip,
+                      dynamics=r.dynamics, step=step, epoch=epoch)
     return loss.detach(), logits

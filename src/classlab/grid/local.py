@@ -120,7 +120,7 @@ def _run_serial(points: list[Point], gdir: Path, data_dir: Path | None) -> list[
 
 def _outcome(summary: dict | None) -> str:
     if is_finished(summary):
-        return f"finished, test acc {summary['final']['test_acc']:.2f}%"
+        return f"finished, test acc {fmt.pct(summary['final']['test_acc'])}"
     if summary and summary.get("status") == "failed":
         return f"FAILED: {summary.get('error')}"
     return "FAILED: stopped without a result"

@@ -15,17 +15,13 @@ from classlab.report.blocks import H
 from classlab.report.htmlpage import to_html
 from classlab.report.markdown import to_markdown
 from classlab.report.sections import blocks
-from classlab.rundir import RunDirError, RunFiles, atomic_write_text
+from classlab.rundir import RunFiles, atomic_write_text, run_folder
 
 
 def build_report(run_dir: Path) -> tuple[Path, Path]:
     """Write ``run_dir/report.md`` and ``run_dir/report.html`` (atomically); return both."""
-    run_dir, files = Path(run_dir), RunFiles(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: not a run folder (no such folder)")
-    if not any(p.is_file() for p in (files.summary, files.config, files.metrics)):
-        raise RunDirError(f"{run_dir}: not a run folder (no summary.json, config.yaml "
-                          "or metrics.csv)")
+    run_dir = run_folder(run_dir)
+    files = RunFiles(run_dir)
     report = blocks(run_dir)
     title = next((b.text for b in report if isinstance(b, H)), "Run report")
     atomic_write_text(files.report_md, to_markdown(report, run_dir))

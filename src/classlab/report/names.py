@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from classlab.config.schema import CAM_TITLES
+
 MODEL_NAMES = {"resnet18": "ResNet18", "resnet34": "ResNet34", "fastnet": "FastNet"}
 NORM_NAMES = {"bn": "Batch Normalization", "ln": "Layer Normalization",
               "gn": "Group Normalization"}
@@ -9,11 +11,8 @@ NORM_NAMES = {"bn": "Batch Normalization", "ln": "Layer Normalization",
 NORM_SHORT = {"bn": "BatchNorm", "ln": "LayerNorm (GroupNorm, 1 group)", "gn": "GroupNorm"}
 SCHED_NAMES = {"onecycle": "OneCycleLR", "step": "StepLR", "plateau": "ReduceLROnPlateau",
                "cosine": "Cosine", "linear": "Linear", "none": "Constant"}
-# the same as classlab.diagnose.cams.CAMS[...].title (tests/test_cams_methods.py checks it)
-CAM_NAMES = {"eigencam": "Eigen-CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++",
-             "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "Score-CAM",
-             "xgradcam": "XGrad-CAM", "all": "all methods"}
 
 
 def cam_name(method: str) -> str:
-    return CAM_NAMES.get(method, method)
+    """A CAM method's display name (the vocabulary's), "all methods" for ``all``."""
+    return {**CAM_TITLES, "all": "all methods"}.get(method, method)

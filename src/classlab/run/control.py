@@ -25,7 +25,7 @@ from classlab.engine import TrainingError
 from classlab.engine.epoch import StepInfo, Tally
 from classlab.run.pace import Pace
 from classlab.run.session import Session, checkpoint_state
-from classlab.run.signals import RunInterrupted, SignalTrigger, StopSignals, _StopNow, signal_name
+from classlab.run.signals import RunInterrupted, SignalTrigger, StopNow, StopSignals, signal_name
 from classlab.rundir import RunFiles
 from classlab.rundir.checkpoint import save_checkpoint
 
@@ -105,7 +105,7 @@ class StepControl:
             with self.stop.abortable():
                 self.trigger.fire(self._epoch, "eval")  # test-only: a signal mid-evaluation
                 return fn()
-        except _StopNow:
+        except StopNow:
             self.save(Position(self._epoch, steps, steps, tally, self._lr, self.epoch_seconds()))
             raise self._interrupted(self.stop.signum, self._epoch, steps, steps) from None
 

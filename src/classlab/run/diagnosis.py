@@ -9,7 +9,7 @@ from pathlib import Path
 from classlab import config
 from classlab.diagnose.run import check_args, diagnose, resolve_args, skeleton
 from classlab.run.session import session_from_run
-from classlab.rundir import RunDirError, RunFiles
+from classlab.rundir import RunFiles, run_folder
 from classlab.rundir.checkpoint import load_checkpoint
 
 
@@ -24,9 +24,7 @@ def diagnose_run(run_dir: Path, *, session=None, data_root: Path | None = None,
     only then). layers/method/count/target default to the run config's ``diagnose``
     section. All arguments are checked before the data is loaded or the model is run.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: not a run folder (no such folder)")
+    run_dir = run_folder(run_dir, needs="last.pt" if session is None else "config.yaml")
     t = time.perf_counter()
     epoch = None
     if session is None:

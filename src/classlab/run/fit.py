@@ -19,7 +19,10 @@ import torch
 from classlab.augment import augment, epoch_images
 from classlab.engine import (
     DynamicsLogger,
+    EpochPlan,
+    EpochStart,
     EvalResult,
+    StepRecipe,
     TrainingError,
     epoch_generator,
     train_one_epoch,
@@ -34,7 +37,7 @@ from classlab.run.signals import RunInterrupted, SignalTrigger, StopSignals
 from classlab.rundir import RunFiles, write_json
 from classlab.rundir.checkpoint import save_checkpoint, save_test_outputs
 from classlab.rundir.metrics import append_metrics, read_metrics
-from classlab.rundir.summary import environment, make_summary
+from classlab.rundir.summary import Outcome, environment, make_summary
 
 
 def _device_name(device: torch.device, threads: int) -> str:
@@ -57,11 +60,11 @@ def update_best(best: dict, row: dict) -> dict:
     return best
 
 
-def session_summary(s: Session, run_dir: Path, status: str, best: dict, last: dict | None,
-                    wall: float, error: str | None = None,
-                    interrupted: dict | None = None) -> dict:
+def session_summary(s: Session, run_dir: Path, outcome: Outcome | str, best: dict,
+                    last: dict | None, wall: float) -> dict:
     """summary.json of a built session (see :func:`classlab.rundir.summary.make_summary`)."""
     facts = {
+        "params": s.params,
         "device": _device_name(s.device, s.cfg.train.threads),
         "precision": s.amp.precision,
         "channels_last": s.speed.channels_last,
@@ -73,8 +76,7 @@ def session_summary(s: Session, run_dir: Path, status: str, best: dict, last: di
         "classes": list(s.splits.classes),
         "versions": environment(),
     }
-    return make_summary(s.cfg, run_dir, status, error=error, params=s.params, best=best,
-                        last=last, wall=wall, facts=facts, interrupted=interrupted)
+    return make_summary(s.cfg, run_dir, outcome, best=best, last=last, wall=wall, facts=facts)
 
 
 def _print_epoch(row: dict, n: dict[str, int]) -> None:
@@ -159,11 +161,10 @@ def _record_stop(s: Session, files: RunFiles, best: dict, saved: int, wall: floa
     """summary.json of a run that stopped: "failed" with ``error``, or "interrupted" with
     where and why (``interrupted``); metrics rows after last.pt's epoch do not count."""
     rows = [r for r in read_metrics(files.metrics) if r["epoch"] <= saved]
-    status = "failed" if interrupted is None else "interrupted"
+    outcome = Outcome("failed" if interrupted is None else "interrupted", error, interrupted)
     with contextlib.suppress(OSError):  # best effort: the disk may be the problem
-        write_json(files.summary, session_summary(s, files.root, status, best,
-                                                  rows[-1] if rows else None, wall, error,
-                                                  interrupted))
+        write_json(files.summary, session_summary(s, files.root, outcome, best,
+                                                  rows[-1] if rows else None, wall))
 
 
 def _epoch_batches(s: Session, epoch: int):
@@ -203,19 +204,17 @@ def train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None,
     te = time.time() - before
     x_train, y_train, aug = _epoch_batches(s, epoch)
     progress = cfg.train.progress and s.dist.main
-    tr = train_one_epoch(
-        s.net, x_train, y_train, optimizer=s.optimizer, stepper=s.stepper,
-        normalize=s.normalize, augment_fn=aug,
-        gen=epoch_generator(cfg.train.seed, epoch, s.device),
-        batch_size=cfg.train.batch_size, amp=s.amp, epoch=epoch,
-        global_step=(epoch - 1) * s.steps_per_epoch,
-        label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.train.grad_clip,
-        dynamics=dyn, ema=s.ema, dist=s.dist, progress=progress,
-        batch_source=s.batch_source,
-        start_step=position.step if position is not None else 0,
+    recipe = StepRecipe(s.optimizer, s.amp, cfg.train.label_smoothing, cfg.train.grad_clip, dyn)
+    plan = EpochPlan(s.net, recipe, s.stepper, s.normalize, aug, cfg.train.batch_size, s.ema,
+                     s.dist, s.batch_source)
+    start = EpochStart(epoch, (epoch - 1) * s.steps_per_epoch)
+    if position is not None:
+        start.done = position.step
         # the sums are global: one rank carries them, the others start from zero
-        start_tally=position.tally if position is not None and s.dist.main else None,
-        on_step=control, note=control.pace.note if progress else None)
+        start.tally = position.tally if s.dist.main else None
+    tr = train_one_epoch(plan, x_train, y_train, epoch_generator(cfg.train.seed, epoch, s.device),
+                         start, progress=progress, on_step=control,
+                         note=control.pace.note if progress else None)
     ev = control.evaluate(lambda: _evaluate_epoch(s, epoch), tr.tally, tr.steps)
     return {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "train_acc": tr.acc,
             "val_loss": ev["val"].loss, "val_acc": ev["val"].acc,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from classlab import config
 from classlab.config import Config
-from classlab.fmt import is_nan
+from classlab.fmt import is_nan, pct
 from classlab.run.checks import check_environment
 from classlab.run.control import Progress
 from classlab.run.fit import fit
@@ -21,7 +21,7 @@ from classlab.run.resume import resume_run
 from classlab.run.session import Session, torch_threads
 from classlab.run.start import start_run
 from classlab.run.tensorboard import epoch_logger
-from classlab.rundir import RunDirError, RunFiles
+from classlab.rundir import RunFiles, run_folder
 
 
 @dataclass
@@ -65,10 +65,7 @@ def train_run(cfg: Config | None = None, *, out: Path = Path("runs"),
 
 
 def _config_of(run_dir: Path) -> Config:
-    files = RunFiles(run_dir)
-    if not files.config.is_file():
-        raise RunDirError(f"{run_dir}: not a run folder (no config.yaml)")
-    return config.load(files.config)
+    return config.load(RunFiles(run_folder(run_dir)).config)
 
 
 def _announce(s: Session, run_dir: Path, progress: Progress) -> None:
@@ -90,11 +87,11 @@ def _print_final(summary: dict) -> None:
     f, b = summary["final"], summary["best_by_val"]
     if not f:
         return
-    parts = [f"{k} acc {f[f'{k}_acc']:.2f}%" for k in ("train", "val", "test")
+    parts = [f"{k} acc {pct(f[f'{k}_acc'])}" for k in ("train", "val", "test")
              if not is_nan(f[f"{k}_acc"])]  # a split that is absent / unscored
     best = ""
     if b and b.get("by") == "val_acc":  # without a validation split no epoch is "best"
-        best = f"  (best by val: epoch {b['epoch']}, test acc {b['test_acc']:.2f}%)"
+        best = f"  (best by val: epoch {b['epoch']}, test acc {pct(b['test_acc'])})"
     print(f"Final: {', '.join(parts)}{best}", flush=True)
 
 

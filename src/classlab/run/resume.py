@@ -17,8 +17,8 @@ from classlab.run.session import Session, build_run_session, restore
 from classlab.rundir import (
     DYNAMICS_FIELDS,
     METRIC_FIELDS,
-    RunDirError,
     RunFiles,
+    run_folder,
     write_json,
 )
 from classlab.rundir.checkpoint import CheckpointError, load_checkpoint
@@ -42,9 +42,7 @@ def resume_run(run_dir: Path, data_root: Path | None = None) -> Resumed:
     The progress holds the last finished epoch, the best-so-far, the wall seconds so far
     and, from a mid-epoch checkpoint, where the interrupted epoch continues.
     """
-    files = RunFiles(run_dir)
-    if not files.config.is_file():
-        raise RunDirError(f"{run_dir}: not a run folder (no config.yaml)")
+    files = RunFiles(run_folder(run_dir))
     cfg = config.load(files.config)
     state = load_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
     mid = _midepoch(files, state)

@@ -36,6 +36,7 @@ from classlab.engine import (
 )
 from classlab.engine.epoch import BatchSource
 from classlab.engine.precision import Speed, choose_speed
+from classlab.engine.probe import TrainSample
 from classlab.models import build_model, count_params
 from classlab.optim import Lookahead, Stepper, build_optimizer, build_scheduler
 from classlab.rundir import RunDirError, RunFiles, read_json
@@ -152,7 +153,7 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
         "val": (splits.val_x.to(device), splits.val_y.to(device)),
         "test": (splits.test_x.to(device), splits.test_y.to(device)),
     }
-    speed = choose_speed(cfg, model, *data["train"], splits.mean, splits.std, device,
+    speed = choose_speed(cfg, model, TrainSample(*data["train"], splits.mean, splits.std), device,
                          dist=dist, recorded=recorded)
     normalize = Normalizer(splits.mean, splits.std, device, speed.channels_last)
     if speed.channels_last:

@@ -38,7 +38,7 @@ class RunInterrupted(KeyboardInterrupt):
         self.silent = False  # a torchrun rank other than 0: rank 0 says it
 
 
-class _StopNow(Exception):
+class StopNow(Exception):
     """Raised by the handler while nothing is being written (evaluation): stop at once."""
 
 
@@ -76,14 +76,14 @@ class StopSignals:
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt  # a person pressing Ctrl-C twice: stop now
         if self._abortable:
-            raise _StopNow
+            raise StopNow
 
     @contextlib.contextmanager
     def abortable(self) -> Iterator[None]:
-        """A block a signal may cut short (raising _StopNow): one that writes nothing and
+        """A block a signal may cut short (raising StopNow): one that writes nothing and
         whose work is simply redone on resume, e.g. evaluation."""
         if self.signum is not None:
-            raise _StopNow
+            raise StopNow
         self._abortable = True
         try:
             yield

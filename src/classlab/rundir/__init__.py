@@ -12,6 +12,7 @@ from classlab.rundir.files import (
     atomic_write_text,
     make_run_dir,
     read_json,
+    run_folder,
     save_figure,
     write_json,
 )
@@ -26,5 +27,5 @@ from classlab.rundir.layout import (
 __all__ = [
     "DYNAMICS_FIELDS", "METRIC_FIELDS", "PREDICTION_FIELDS", "GridFiles", "RunDirError",
     "RunFiles", "atomic_write_bytes", "atomic_write_text", "make_run_dir", "read_json",
-    "save_figure", "write_json",
+    "run_folder", "save_figure", "write_json",
 ]

@@ -17,6 +17,23 @@ class RunDirError(RuntimeError):
     """A run folder that cannot be created or is not a run folder (one-line message)."""
 
 
+def is_run_folder(path: str | Path) -> bool:
+    """A folder holding a config.yaml: a run (or a prepared grid point)."""
+    return (Path(path) / "config.yaml").is_file()
+
+
+def run_folder(path: str | Path, needs: str = "config.yaml") -> Path:
+    """``path`` when it is a run folder, else a one-line RunDirError saying why not. The one
+    test every command makes: a folder holding ``needs`` (config.yaml, what makes a folder a
+    run folder; ``last.pt`` for the commands that load the weights and nothing else)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: not a run folder (no such folder)")
+    if not (path / needs).is_file():
+        raise RunDirError(f"{path}: not a run folder (no {needs})")
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from classlab import config
 from classlab.config import ConfigError
 from classlab.fmt import MISSING, duration, pct, text_table
+from classlab.rundir.files import is_run_folder
 from classlab.rundir.layout import GridFiles, RunFiles
 from classlab.rundir.metrics import read_metrics
 from classlab.rundir.summary import read_summary, run_state
@@ -21,10 +22,10 @@ def run_folders(root: Path) -> list[Path]:
     root = Path(root)
     found = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if RunFiles(d).config.is_file():
+        if is_run_folder(d):
             found.append(d)
         elif GridFiles(d).grid.is_file():
-            found += [p for p in sorted(d.iterdir()) if RunFiles(p).config.is_file()]
+            found += [p for p in sorted(d.iterdir()) if is_run_folder(p)]
     return sorted(found, key=lambda p: RunFiles(p).config.stat().st_mtime, reverse=True)
 
 

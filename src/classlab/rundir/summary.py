@@ -10,6 +10,7 @@ only :func:`is_finished` (status *and* all epochs done) means finished.
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +34,36 @@ def environment() -> dict:
     }
 
 
-def make_summary(cfg: Config, run_dir: Path, status: str, *, error: str | None = None,
-                 params: int | None = None, best: dict | None = None,
+@dataclass
+class Outcome:
+    """Where a run stands: its status (running, finished, failed, interrupted), the one-line
+    error of a failed run, and why and where a signal stopped an interrupted one ({"signal",
+    "epoch", "step", "steps"}; step None: after that epoch)."""
+
+    status: str
+    error: str | None = None
+    interrupted: dict | None = None
+
+
+def make_summary(cfg: Config, run_dir: Path, outcome: Outcome | str, *, best: dict | None = None,
                  last: dict | None = None, wall: float | None = None,
-                 facts: dict[str, Any] | None = None,
-                 interrupted: dict | None = None) -> dict:
-    """The summary of a run of ``cfg``. ``last``: its last finished metrics row; ``best``:
-    the best-by-validation record; ``facts``: what only a built run knows (device,
-    precision, image counts, classes, versions), absent for a run that never started;
-    ``interrupted``: why and where a signal stopped it ({"signal", "epoch", "step",
-    "steps"}; step None: after that epoch)."""
+                 facts: dict[str, Any] | None = None) -> dict:
+    """The summary of a run of ``cfg``; ``outcome`` may be a bare status. ``last``: its last
+    finished metrics row; ``best``: the best-by-validation record; ``facts``: what only a
+    built run knows (params, device, precision, image counts, classes, versions), absent for
+    a run that never started."""
+    o = Outcome(outcome) if isinstance(outcome, str) else outcome
     return {
         "name": cfg.name,
         "run_dir": str(run_dir),
-        "status": status,
-        "error": error,
-        "interrupted": interrupted,
+        "status": o.status,
+        "error": o.error,
+        "interrupted": o.interrupted,
         "model": cfg.model.name,
         "norm": cfg.model.norm,
         "optimizer": cfg.optim.name,
         "scheduler": cfg.sched.name,
-        "params": params,
+        "params": None,
         "epochs": cfg.train.epochs,
         "epochs_done": last["epoch"] if last else 0,
         "final": {k: last[k] for k in FINAL_FIELDS} if last else None,

@@ -50,6 +50,7 @@ from torch import nn
 from classlab.augment import augment, epoch_images
 from classlab.config import ConfigError
 from classlab.engine import (
+    StepRecipe,
     backward_and_step,
     batch_indices,
     epoch_generator,
@@ -383,16 +384,14 @@ def lr_find(session: Any, **kw: Any) -> LRFindResult:
     if len(y) == 0:
         raise ConfigError("lr-find: the training split is empty")
     stream = _training_batches(s)
+    recipe = StepRecipe(s.optimizer, s.amp, cfg.train.label_smoothing, cfg.train.grad_clip)
 
     def step_fn(_step: int) -> torch.Tensor:
         xe, idx, gen = next(stream)
         xb = s.normalize(xe[idx])
         if cfg.aug.ops:
             xb = augment(xb, gen, cfg.aug)
-        loss, _ = train_step(s.net, xb, y[idx], optimizer=s.optimizer, amp=s.amp,
-                             params=s.model.parameters(),
-                             label_smoothing=cfg.train.label_smoothing,
-                             grad_clip=cfg.train.grad_clip)
+        loss, _ = train_step(s.net, xb, y[idx], recipe)
         return loss
 
     if s.lookahead is not None:  # the sweep measures the optimizer alone: no pull-backs
