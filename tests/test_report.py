@@ -269,3 +269,42 @@ def test_weight_update_images_of_a_relative_run_folder(tiny_run: Path, tmp_path:
     text = md.read_text()
     assert "![Update/weight ratio per layer and step](diagnose/dyn_update_ratio.png)" in text
     assert "image missing" not in text.split("## Weight updates", 1)[1].split("\n## ", 1)[0]
+
+
+def _weight_update_images_shown(run: Path) -> None:
+    text = (run / "report.md").read_text()
+    section = text.split("## Weight updates", 1)[1].split("\n## ", 1)[0]
+    assert "](diagnose/dyn_update_ratio.png)" in section and "image missing" not in section
+    assert "image missing" not in text
+
+
+def test_a_relative_run_folder_through_every_entry_point(tmp_path, monkeypatch, capsys):
+    # Every command and API call that writes a report takes the run folder as the user
+    # typed it (relative): the report's images are found whatever the working folder was.
+    import yaml
+    from conftest import _tiny_config
+
+    import classlab
+    from classlab import config
+
+    monkeypatch.chdir(tmp_path)
+    raw = config.to_dict(_tiny_config())
+    raw["diagnose"].update(enabled=True, layers=["layer4"], count=2, sanity_images=1)
+    Path("tiny.yaml").write_text(yaml.safe_dump(raw))
+    assert cli.main(["train", "tiny.yaml", "--out", "runs"]) == 0  # train: diagnose + report
+    (run,) = [p.relative_to(tmp_path) for p in (tmp_path / "runs").iterdir()]
+    _weight_update_images_shown(run)
+    for argv in (["diagnose", str(run)], ["report", str(run)]):
+        (run / "report.md").unlink()
+        assert cli.main(argv) == 0, argv
+        _weight_update_images_shown(run)
+    (run / "report.md").unlink()
+    classlab.load_run(str(run)).report()
+    _weight_update_images_shown(run)
+    again = classlab.train("tiny.yaml", out="api-runs")
+    assert not again.dir.is_absolute()
+    _weight_update_images_shown(again.dir)
+    again.diagnose(count=2)
+    (again.dir / "report.md").unlink()
+    again.report()
+    _weight_update_images_shown(again.dir)

@@ -101,9 +101,6 @@ def diagnose_and_report(run_dir: Path, **kw) -> tuple[Path, Path]:
     from classlab.report import build_report
     from classlab.run.diagnosis import diagnose_run
 
-    # Absolute: the report's weight-update section joins its image paths to run_dir a second
-    # time when run_dir is relative (runs/x -> runs/x/runs/x/...), losing its images.
-    run_dir = Path(run_dir).absolute()
     diagnose_run(run_dir, **kw)
     md, html = build_report(run_dir)
     print(f"Report: {md} and {html}", flush=True)
