@@ -21,7 +21,9 @@ SECTIONS = ["# Run report: tiny", "## Summary", "## Results", "## Epochs", "## C
             "## Per-class accuracy", "## Confusion matrix", "### Most confused pairs",
             "## Calibration", "## Misclassified images", "## Class activation maps (Grad-CAM)",
             "## Can the CAMs be trusted?", "### Faithfulness: deletion and insertion",
-            "### Model-randomisation sanity check", "### Coarse maps",
+            "### Model-randomisation sanity check", "### Coarse maps", "## Is it the data?",
+            "### Suspected label errors in the training set",
+            "### Suspected label errors in the test set", "### Data map and forgetting",
             "## Weight updates", "## Configuration"]
 # the images of the calibration and CAM-check sections
 TRUST_IMAGES = ["diagnose/reliability.png", "diagnose/confidence_hist.png",
@@ -248,6 +250,9 @@ def test_html_renders_in_chromium(report: tuple) -> None:
     assert "Calibration" in headings and "Can the CAMs be trusted?" in headings
     assert {"Faithfulness: deletion and insertion", "Model-randomisation sanity check",
             "Coarse maps"} <= set(subheadings)
+    assert "Is it the data?" in headings and {
+        "Suspected label errors in the training set", "Suspected label errors in the test set",
+        "Data map and forgetting"} <= set(subheadings)
     # calibration: header + as predicted + after scaling; 4 layers of Grad-CAM in each check
     assert tables["Calibration"]["rows"] == 3
     assert tables["Faithfulness: deletion and insertion"]["rows"] == 1 + 4

@@ -1,5 +1,5 @@
-"""Command line: ``classlab train | eval | diagnose | report | runs | grid | table | compare
-| schedule | lr-find | config``.
+"""Command line: ``classlab train | eval | diagnose | data-issues | report | runs | grid | table
+| compare | schedule | lr-find | config``.
 
 Every user-facing failure (bad config, missing data, bad run folder, corrupt checkpoint) ends
 as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed,
@@ -9,7 +9,10 @@ as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,9 +34,13 @@ def _add_train(sub) -> None:
     p.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--resume", type=Path, default=None, help="continue this run folder")
-    p.add_argument("--nproc", type=int, default=0,
+    p.add_argument("--epochs", type=int, default=None,
+                   help="with --resume: train until this many epochs (extends a finished or "
+                   "stopped run whose LR schedule allows it exactly: none, step, plateau)")
+    p.add_argument("--nproc", type=int, default=None,
                    help="launch N processes with torchrun (DDP; one per GPU, or gloo on CPU)")
     _add_data_out(p)
+    p.set_defaults(out=None)  # runs; told apart from an --out given with --resume
 
 
 def _add_run_commands(sub) -> None:
@@ -52,6 +59,15 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--target", default=None, choices=["pred", "true"])
     p.add_argument("--device", default=None)
     _add_data_out(p, out=False)
+
+    p = sub.add_parser("data-issues", help="a run's suspected label errors (training set: "
+                       "area under the margin; test set: confident learning): print, export")
+    p.add_argument("run", type=Path)
+    p.add_argument("--split", default=None, help="train or test (default: both)")
+    p.add_argument("--top", type=int, default=None,
+                   help="the N most doubtful (printed: 20 unless given; --out: all unless given)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write them to this CSV (what data.exclude reads)")
 
     p = sub.add_parser("report", help="(re)build report.md and report.html of a run")
     p.add_argument("run", type=Path)
@@ -98,7 +114,9 @@ def _add_tools(sub) -> None:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--train-images", type=int, default=None,
                    help="training images per epoch (default: from the config's dataset)")
-    p.add_argument("--plot", type=Path, default=Path("schedule.png"))
+    p.add_argument("--plot", type=Path, default=Path("schedule.png"),
+                   help="plot file (.png; an existing file that is not a PNG is refused)")
+    p.add_argument("--force", action="store_true", help="replace --plot whatever it holds")
     _add_data_out(p, out=False)
 
     p = sub.add_parser("lr-find", help="LR range test: train briefly with an exponentially "
@@ -109,7 +127,10 @@ def _add_tools(sub) -> None:
     p.add_argument("--start-lr", type=float, default=1e-7, help="first LR (default 1e-7)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last LR (default 10)")
     p.add_argument("--plot", type=Path, default=Path("lr_find.png"),
-                   help="plot file; the per-step values go next to it as .csv")
+                   help="plot file (.png); the per-step values go next to it as .csv "
+                   "(existing files this command did not write are refused)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --plot and its .csv whatever they hold")
     _add_data_out(p, out=False)
 
     p = sub.add_parser("config", help="print the config reference, or a resolved config")
@@ -148,8 +169,26 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.call(cmd)
 
 
+def _check_before_launch(a: argparse.Namespace) -> None:
+    from classlab import config
+    from classlab.run.checks import check_environment
+    from classlab.rundir import RunFiles, run_folder
+
+    if a.resume is not None:
+        cfg = config.load(RunFiles(run_folder(a.resume)).config)
+    else:
+        overrides = _config_and_overrides(a)  # first: it may move a.config into them
+        cfg = config.load(a.config, overrides)
+    check_environment(cfg)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if a.nproc is not None and a.nproc < 1:
+        from classlab.config import ConfigError
+
+        raise ConfigError(f"--nproc: {a.nproc} is out of range; must be ≥ 1")
+    if a.nproc is not None and a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _check_before_launch(a)  # one line here, not one per process under torchrun
         return _launch_torchrun(a.nproc, a.argv)
     try:
         return _train(a)
@@ -178,9 +217,16 @@ def _train(a: argparse.Namespace) -> int:
         if a.config or overrides:
             raise config.ConfigError("--resume continues a run with its own config.yaml; "
                                      "drop the config file and overrides")
-        train_run(run_dir=a.resume, data_root=a.data_dir)
+        if a.out is not None:
+            raise config.ConfigError(f"--out: --resume continues {a.resume} in its own "
+                                     "folder; drop --out")
+        train_run(run_dir=a.resume, data_root=a.data_dir, epochs=a.epochs)
+    elif a.epochs is not None:
+        raise config.ConfigError("--epochs extends a run: use it with --resume RUN (a new "
+                                 "run takes train.epochs=N)")
     else:
-        train_run(config.load(a.config, overrides), out=a.out, data_root=a.data_dir)
+        train_run(config.load(a.config, overrides), out=a.out or Path("runs"),
+                  data_root=a.data_dir)
     return 0
 
 
@@ -201,6 +247,12 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
     diagnose_and_report(a.run, data_root=a.data_dir, layers=layers, method=a.method,
                         count=a.count, target=a.target, device=a.device)
     return 0
+
+
+def cmd_data_issues(a: argparse.Namespace) -> int:
+    from classlab.diagnose.labelissues import main_data_issues
+
+    return main_data_issues(a.run, a.split, a.top, a.out)
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
@@ -252,7 +304,7 @@ def cmd_schedule(a: argparse.Namespace) -> int:
     from classlab.tools.schedule import main_schedule
 
     cfg = config.load(a.config, a.overrides)
-    return main_schedule(cfg, a.train_images, a.plot, a.data_dir)
+    return main_schedule(cfg, a.train_images, a.plot, a.data_dir, force=a.force)
 
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
@@ -262,7 +314,7 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
     overrides = _config_and_overrides(a)
     cfg = config.load(a.config, overrides)
     return main_lr_find(cfg, a.data_dir, steps=a.steps, start_lr=a.start_lr,
-                                end_lr=a.end_lr, plot=a.plot)
+                        end_lr=a.end_lr, plot=a.plot, force=a.force)
 
 
 def cmd_config(a: argparse.Namespace) -> int:
@@ -271,8 +323,9 @@ def cmd_config(a: argparse.Namespace) -> int:
 
     if a.config is None and not a.overrides:
         print(config.reference())
-    else:
-        cfg = config.load(a.config, a.overrides)
+    else:  # `classlab config train.epochs=3`: the defaults with overrides, as train takes it
+        overrides = _config_and_overrides(a)  # first: it may move a.config into them
+        cfg = config.load(a.config, overrides)
         check_environment(cfg)  # what `classlab train` would refuse, refused here too
         print(config.dump(cfg), end="")
     return 0
@@ -280,20 +333,28 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "report": cmd_report, "runs": cmd_runs, "grid": cmd_grid, "table": cmd_table,
-            "compare": cmd_compare,
+            "compare": cmd_compare, "data-issues": cmd_data_issues,
             "schedule": cmd_schedule, "lr-find": cmd_lr_find, "config": cmd_config}
+
+
+# Exceptions that mean "bad input" (one line, exit 2) and "the run failed" (one line, exit
+# 1), by defining module: an instance of one can only exist once its module is imported, so
+# telling them apart imports nothing (a Ctrl-C while torch or matplotlib load stays a Ctrl-C).
+_USER_ERRORS = (("classlab.config.errors", "ConfigError"), ("classlab.data.base", "DataError"),
+                ("classlab.rundir.checkpoint", "CheckpointError"),
+                ("classlab.rundir.files", "RunDirError"), ("classlab.diagnose.cams",
+                                                           "DiagnoseError"),
+                ("classlab.compare.paired", "CompareError"))
+_RUN_ERRORS = (("classlab.engine.errors", "TrainingError"),)
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": shown as one line, exit status 2."""
-    from classlab.compare.paired import CompareError
-    from classlab.config import ConfigError
-    from classlab.data import DataError
-    from classlab.diagnose import DiagnoseError
-    from classlab.rundir import RunDirError
-    from classlab.rundir.checkpoint import CheckpointError
-
-    return ConfigError, DataError, CheckpointError, RunDirError, DiagnoseError, CompareError
+    return _loaded(_USER_ERRORS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,34 +369,117 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     args.argv = argv
-    from classlab.engine import TrainingError
-
     try:
         return COMMANDS[args.command](args)
-    except _user_errors() as e:
-        print(f"classlab {args.command}: error: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, Exception) as e:  # SystemExit passes
+        return _failed(args.command, e)
+
+
+def _say(command: str, text: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print(f"classlab {command}: {' '.join(str(text).split())}", file=sys.stderr, flush=True)
+
+
+def _failed(command: str, e: BaseException) -> int:
+    """The exit status of a command that raised ``e``, after its one line; an exception
+    that is none of these is a bug in classlab and keeps its traceback."""
+    if isinstance(e, KeyboardInterrupt):
+        return _interrupted(command, e)
+    if isinstance(e, _user_errors()):
+        cause = e.__cause__ or e.__context__  # a place that cannot be written: say where to
+        advice = f"; {_WRITABLE.get(command, _FOLDER_ADVICE)}" if isinstance(cause, OSError) \
+            and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM) \
+            and "writable" not in str(e) else ""
+        _say(command, f"error: {e}{advice}")
         return 2
-    except TrainingError as e:
-        print(f"classlab {args.command}: training stopped: {e}", file=sys.stderr)
+    if isinstance(e, _loaded(_RUN_ERRORS)):
+        _say(command, f"training stopped: {e}")
         return 1
-    except KeyboardInterrupt as e:
-        return _interrupted(args.command, e)
+    if isinstance(e, OSError):
+        return _os_error(command, e)
+    if _out_of_memory(e):
+        _say(command, f"error: out of memory ({_first_line(e)}); lower train.batch_size (and "
+                      "train.eval_batch_size), or free memory on the device")
+        return 1
+    raise e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """MemoryError, torch's OutOfMemoryError, or an allocator's RuntimeError."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and any(k in text for k in (
+            "out of memory", "can't allocate memory", "cannot allocate memory",
+            "defaultcpuallocator")))
+
+
+_WRITABLE = {"train": "pass --out with a writable folder (to resume: copy the run folder "
+                      "somewhere writable and resume the copy)",
+             "grid": "pass --out or --grid-dir with a writable folder",
+             "compare": "pass --out with a writable folder",
+             "schedule": "pass --plot with a writable path",
+             "lr-find": "pass --plot with a writable path",
+             "table": "copy the grid folder somewhere writable and run table there"}
+_FOLDER_ADVICE = "copy the run folder somewhere writable and run the command on the copy"
+_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.(tmp|bak)$")  # atomic writes' temporary names
+
+
+def _os_error(command: str, e: OSError) -> int:
+    """A file the command could not read or write: one line naming it and what to do. A
+    full disk or quota is exit 1 (the previous complete files are kept); a read-only or
+    forbidden place, or a name too long, is exit 2 (bad input)."""
+    if isinstance(e, BrokenPipeError):  # `classlab config | head`: the reader has gone
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
+    where = e.filename if e.filename is not None else e.filename2
+    path = Path(where) if where is not None else None
+    if path is not None and (m := _TEMP.match(path.name)):
+        path = path.with_name(m.group(1))  # the file being written, not its temporary
+    what = e.strerror or _first_line(e)
+    named = f"{path}: {what}" if path is not None else what
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        _say(command, f"error: {named}; free some space and rerun (the previous complete "
+                      "files are kept)")
+        return 1
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        _say(command, f"error: {named} (a read-only or protected place); "
+                      f"{_WRITABLE.get(command, _FOLDER_ADVICE)}")
+        return 2
+    if e.errno == errno.ENAMETOOLONG:
+        _say(command, f"error: {named}; use a shorter name or path")
+        return 2
+    _say(command, f"error: {named}")
+    return 1
+
+
+_NEXT = {"train": "continue with: classlab train --resume RUN_FOLDER, if the run folder was "
+                  "made; else rerun the same command",
+         "grid": "continue with: rerun the same command",
+         "diagnose": "the previous diagnose files and report are kept; rerun the same command",
+         "report": "the previous report is kept; rerun the same command",
+         "compare": "the previous compare report is kept; rerun the same command",
+         "table": "the previous table is kept; rerun the same command",
+         "lr-find": "nothing is kept; rerun the same command"}
+_NOTHING_WRITTEN = "nothing was written; rerun the same command"
 
 
 def _interrupted(command: str, e: KeyboardInterrupt) -> int:
     """One line and 128 + the signal: 143 for SIGTERM, 130 for Ctrl-C. A run stopped after
-    writing its checkpoint (RunInterrupted) says where and how to continue."""
+    writing its checkpoint (RunInterrupted) says where and how to continue; anything else
+    says what this command can do next."""
     code = getattr(e, "exit_code", 130)
     if getattr(e, "silent", False):
         return code
-    if command == "grid":
-        print("classlab grid: interrupted (continue with: rerun the same command)",
-              file=sys.stderr)
-    elif str(e):
-        print(f"classlab {command}: {e}", file=sys.stderr)
+    if str(e) and command != "grid":
+        _say(command, str(e))
     else:
-        print(f"classlab {command}: interrupted (continue with: classlab train --resume)",
-              file=sys.stderr)
+        _say(command, f"interrupted ({_NEXT.get(command, _NOTHING_WRITTEN)})")
     return code
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "auroc",
     "format_p",
     "holm",
     "mcnemar_counts",
@@ -325,3 +326,31 @@ def format_p(p: float) -> str:
     if p < 0.1:
         return f"p = {p:#.2g}"  # '#' keeps the trailing zero of 0.050
     return f"p = {p:.2f}"
+
+
+# --------------------------------------------------------------------------- AUROC
+
+
+def auroc(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (higher: more likely positive) for the labels
+    ``positive``: the Mann-Whitney U of the positives' ranks over n_pos * n_neg, ties
+    counted half (average ranks). The probability that a random positive outscores a
+    random negative. NaN without positives or without negatives."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    if s.shape != pos.shape or s.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D of one length, got {s.shape} and "
+                         f"{pos.shape}")
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return math.nan
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # average rank (1-based) of each group of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + 1 + b) / 2
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))

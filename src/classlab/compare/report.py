@@ -34,7 +34,9 @@ from classlab.report.markdown import to_markdown
 from classlab.rundir import (
     RunDirError,
     RunFiles,
+    all_or_nothing,
     atomic_write_text,
+    make_folder,
     read_json,
     run_folder,
     save_figure,
@@ -282,19 +284,35 @@ def compare_runs(run_dirs: list[Path], *, out: Path | None = None, evaluate: boo
     if len(run_dirs) < 2:
         raise CompareError(f"compare needs two or more runs; got {len(run_dirs)}: "
                            f"{', '.join(map(str, run_dirs)) or 'none'}")
+    _check_distinct(run_dirs)
     runs = [_open(Path(d), evaluate, data_root) for d in run_dirs]
     _check_comparable(runs)
     out = Path(out) if out is not None else default_out([r.files.root for r in runs])
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create {out}: {e.strerror or e}") from None
-    blocks = _blocks(runs, out, data_root)
-    md, html = out / "compare.md", out / "compare.html"
-    title = f"Compare: {' vs '.join(r.name for r in runs)}"
-    atomic_write_text(md, to_markdown(blocks, out))
-    atomic_write_text(html, to_html(blocks, out, title))
+    # every file of the report appears, or (disk full, Ctrl-C) the previous ones stay
+    with all_or_nothing():
+        try:
+            make_folder(out)
+        except OSError as e:
+            raise RunDirError(f"cannot create {out}: {e.strerror or e}; pass --out with a "
+                              "writable folder") from None
+        blocks = _blocks(runs, out, data_root)
+        md, html = out / "compare.md", out / "compare.html"
+        title = f"Compare: {' vs '.join(r.name for r in runs)}"
+        atomic_write_text(md, to_markdown(blocks, out))
+        atomic_write_text(html, to_html(blocks, out, title))
     return md, html
+
+
+def _check_distinct(run_dirs: list[Path]) -> None:
+    """The same run folder twice (by another path, too) compares nothing."""
+    seen: dict[Path, Path] = {}
+    for d in map(Path, run_dirs):
+        key = d.resolve()
+        if key in seen:
+            same = f"{d}" if str(d) == str(seen[key]) else f"{seen[key]} and {d}"
+            raise CompareError(f"{same}: the same run given twice; compare needs different "
+                               "runs")
+        seen[key] = d
 
 
 def _blocks(runs: list[Compared], out: Path, data_root: Path | None) -> list[Block]:

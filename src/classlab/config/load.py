@@ -23,6 +23,7 @@ from classlab.config.validate import validate
 
 _MAPPINGS = list[dict[str, Any]]  # the type of aug.albumentations
 _AUTO_BOOL = bool | str  # true, false or "auto" (train.channels_last)
+_MATRIX = list[list[float]]  # data.label_noise_matrix
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -32,8 +33,8 @@ def _is_section(tp: Any) -> bool:
 
 def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            _MAPPINGS: "a list of mappings", _AUTO_BOOL: "true, false or auto"
-            }.get(tp, "a list of strings")
+            _MAPPINGS: "a list of mappings", _AUTO_BOOL: "true, false or auto",
+            _MATRIX: "a list of rows of numbers"}.get(tp, "a list of strings")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -53,6 +54,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             value = float(value)
     elif tp is str:
         ok = isinstance(value, str)
+    elif tp == _MATRIX:
+        ok = isinstance(value, list) and all(
+            isinstance(r, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in r) for r in value)
+        if ok:
+            value = [[float(v) for v in r] for r in value]
     elif tp == _MAPPINGS:
         # The entries' own checks (names, arguments) are aug.albumentations' (see validate).
         ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
@@ -159,15 +166,52 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 # --------------------------------------------------------------------------- files
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with ``yaml.safe_load``; errors become one-line ConfigErrors."""
-    path = Path(path)
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (SafeLoader keeps
+    the last one silently, so a typo'd second ``lr:`` would win unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *base, overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader itself reports it
+                continue
+            if first is not None:
+                where = f"lines {first} and {line}" if first != line else f"line {line}"
+                raise ConfigError(f"{show_key(key)}: given twice ({where}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text; a binary or otherwise encoded file is one ConfigError line."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    if b"\0" in data:
+        raise ConfigError(f"{path}: a binary file, not YAML text")
     try:
-        raw = yaml.safe_load(text)
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                          f"{e.start}); save it as UTF-8") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with a ``yaml.SafeLoader`` that refuses duplicate keys
+    (:class:`UniqueKeyLoader`); errors become one-line ConfigErrors."""
+    path = Path(path)
+    text = _text(path)
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:  # a key given twice
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

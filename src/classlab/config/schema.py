@@ -25,6 +25,24 @@ NORMS = ("bn", "gn", "ln")
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
 SCHEDULERS = ("cosine", "linear", "none", "onecycle", "plateau", "step")
 AUGMENTATIONS = ("crop", "cutout", "flip", "rotate")
+LABEL_NOISE_KINDS = ("matrix", "pairs", "symmetric")
+# data.label_noise_kind=pairs on CIFAR-10: each class and its partner (both ways), chosen
+# among the classes a trained CIFAR-10 network confuses most; any other dataset pairs its
+# classes by id (0-1, 2-3, ...; with an odd number of classes the last keeps its labels)
+CIFAR10_NOISE_PAIRS = (("airplane", "ship"), ("automobile", "truck"), ("bird", "frog"),
+                       ("cat", "dog"), ("deer", "horse"))
+# Settings a run may change when it is resumed: none of them changes the weights a step
+# computes (progress display, logging, diagnosis and report, checkpoint interval, where the
+# data is read from, evaluation batch). train.device and train.threads may change too (a run
+# moved to another machine), but the continuation is then not bit-identical. Every other key
+# is the run's trajectory: resume refuses a config.yaml that changed it.
+RESUME_MAY_CHANGE = ("name", "data.dir", "data.download", "data.url", "train.progress",
+                     "train.checkpoint_minutes", "train.eval_batch_size", "train.device",
+                     "train.threads", "log", "diagnose")
+# Schedules whose LR at a step does not depend on the run's length: a run on one of them can
+# be extended (classlab train --resume RUN --epochs N) exactly as if it had been that long.
+EXTENSIBLE_SCHEDULES = ("none", "plateau", "step")
+
 # CAM method -> its display name (figures, the report, tables)
 CAM_TITLES = {"eigencam": "Eigen-CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++",
               "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "Score-CAM",
@@ -72,6 +90,33 @@ class DataConfig:
                      "(aspect ratio not kept); center_crop = scale the shorter side to "
                      "image_size, then keep the central square",
                      choices=["resize", "center_crop"])
+    label_noise: float = _f(0.0, "label-noise experiment: the fraction of the training "
+                            "split's labels replaced by another class before training (exactly "
+                            "round(rate x images), spread over the classes in proportion to "
+                            "their sizes; see data.label_noise_kind). The changed images are "
+                            "listed in <run>/label_noise.csv; the validation split (carved "
+                            "first) and the test set keep their true labels (0: off)",
+                            ge=0.0, lt=1.0, unit="fraction")
+    label_noise_kind: str = _f("symmetric", "symmetric = the new label is uniform among the "
+                               "other classes; pairs = each class flips to its partner "
+                               "(CIFAR-10: airplane<->ship, automobile<->truck, bird<->frog, "
+                               "cat<->dog, deer<->horse; other datasets: class 0<->1, 2<->3, "
+                               "...); matrix = data.label_noise_matrix",
+                               choices=LABEL_NOISE_KINDS)
+    label_noise_matrix: list[list[float]] = _f(
+        [], "label_noise_kind=matrix: the transition matrix, one row per class: row i holds "
+        "the fractions of class i's training images given label j (each row sums to 1; the "
+        "diagonal is the fraction kept), applied as exact counts per class; data.label_noise "
+        "stays 0, the matrix sets the rates")
+    label_noise_seed: int = _f(0, "seed of the label noise (which images, which new labels), "
+                               "independent of data.seed and train.seed", ge=0, lt=2**32)
+    exclude: str = _f("", "a CSV file of training-split indices left out of training, e.g. "
+                      "the suspected label errors of classlab data-issues RUN --split train "
+                      "--out FILE (an index column; rows whose split column is test are "
+                      "ignored; or one index per line). Indices count the training split as "
+                      "classlab builds it: the training images in their original order after "
+                      "the validation split and data.subset are taken out. Copied into "
+                      "<run>/excluded.csv (empty: train on all)")
 
 
 @dataclass
@@ -209,7 +254,8 @@ class TrainConfig:
                                    "false")
     compile: bool = _f(False, "torch.compile the model")
     sync_bn: bool = _f(False, "under torchrun: synchronise BatchNorm statistics across "
-                       "processes (SyncBatchNorm)")
+                       "processes (SyncBatchNorm; CUDA only: torch's SyncBatchNorm is "
+                       "GPU-only, so a CPU run refuses it)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", ge=0.0, lt=1.0)
     grad_clip: float = _f(0.0, "clip gradients to this total L2 norm (0: off)", ge=0.0)
     ema_decay: float = _f(0.0, "keep an exponential moving average of the weights with this "
@@ -228,6 +274,21 @@ class TrainConfig:
                                    "when this long has passed since the last checkpoint, so "
                                    "a killed job loses at most this much (0: only at epoch "
                                    "ends, and on SIGTERM / Ctrl-C)", ge=0.0, unit="minutes")
+    init_from: str = _f("", "a run folder whose trained weights (its EMA weights when it kept "
+                        "them) start this run instead of a random initialisation: weights "
+                        "only, a fresh optimizer and schedule; recorded in summary.json "
+                        "(empty: random initialisation)")
+    early_stop_patience: int = _f(0, "early stopping: stop when train.early_stop_metric has not "
+                                  "improved by at least train.early_stop_min_delta for this many "
+                                  "epochs in a row; the run is then finished, with its last "
+                                  "epoch's weights, and summary.json says when and why "
+                                  "(stopped_early) (0: off; needs a validation split and "
+                                  "train.eval_every=1)", ge=0, unit="epochs")
+    early_stop_metric: str = _f("val_loss", "early stopping: the validation metric watched "
+                                "(never a test metric)", choices=["val_acc", "val_loss"])
+    early_stop_min_delta: float = _f(0.0, "early stopping: the smallest change that counts as "
+                                     "an improvement, in the metric's units (loss, or accuracy "
+                                     "in % points)", ge=0.0)
 
 
 @dataclass
@@ -237,6 +298,13 @@ class LogConfig:
     tensorboard: bool = _f(False, "also write TensorBoard event files (train/val/test loss "
                            "and acc, lr; one point per epoch) into <run>/tensorboard/; needs "
                            "the tensorboard package")
+    data_dynamics: bool = _f(True, "record, for every training image and epoch, the margin "
+                             "(logit of its label minus the largest other logit), the "
+                             "probability of its label, the strongest other class and whether "
+                             "it was right, from the training step's own forward pass of the "
+                             "augmented image (no extra pass) into <run>/data_dynamics.pt: the "
+                             "area under the margin, the data map and forgetting events of the "
+                             "report's \"Is it the data?\" section and classlab data-issues")
 
 
 @dataclass

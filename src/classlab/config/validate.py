@@ -15,6 +15,7 @@ from classlab.config.errors import ConfigError, show
 from classlab.config.schema import Config
 
 ALBUMENTATIONS_KEY = "aug.albumentations"
+MAX_NAME = 100  # characters of ``name``
 
 
 def walk(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -59,6 +60,21 @@ def _check_plateau_monitor(cfg: Config) -> None:
         )
 
 
+def _check_early_stop(cfg: Config) -> None:
+    """Early stopping watches a validation metric after every epoch."""
+    t = cfg.train
+    if t.early_stop_patience == 0:
+        return
+    if cfg.data.val_split == 0:
+        raise ConfigError(f"train.early_stop_patience: {t.early_stop_patience} watches "
+                          f"{t.early_stop_metric}, but data.val_split is 0; allowed: set "
+                          "data.val_split > 0, or train.early_stop_patience=0")
+    if t.eval_every != 1:
+        raise ConfigError(f"train.eval_every: {t.eval_every} leaves epochs without the "
+                          f"{t.early_stop_metric} that train.early_stop_patience watches; "
+                          "allowed: 1, or train.early_stop_patience=0")
+
+
 def _check_device(cfg: Config) -> None:
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", device)):
@@ -70,6 +86,9 @@ def _check_name(cfg: Config) -> None:
     if not cfg.name or any(c in cfg.name for c in "/\\\0") or cfg.name in (".", ".."):
         raise ConfigError(f"name: {cfg.name!r} cannot be a folder name; allowed: a non-empty "
                           "name without / or \\")
+    if len(cfg.name) > MAX_NAME:  # the folder adds "-YYYYmmdd-HHMMSS-N"; file names stop at 255
+        raise ConfigError(f"name: {len(cfg.name)} characters ({show(cfg.name)}) is too long "
+                          f"for a folder name; must be ≤ {MAX_NAME}")
 
 
 def _check_plain_value(key: str, value: Any) -> None:
@@ -108,11 +127,42 @@ def check_albumentations_shape(specs: Any) -> list[dict]:
     return specs
 
 
+def _check_label_noise(cfg: Config) -> None:
+    """data.label_noise_matrix: square, entries in [0, 1], rows summing to 1, and given
+    exactly when data.label_noise_kind is matrix (which then sets the rates alone). Its size
+    against the dataset's classes is checked where the data is loaded."""
+    d, key = cfg.data, "data.label_noise_matrix"
+    if d.label_noise_kind != "matrix":
+        if d.label_noise_matrix:
+            raise ConfigError(f"{key}: given, but data.label_noise_kind is "
+                              f"{d.label_noise_kind!r}; allowed: set data.label_noise_kind="
+                              "matrix, or leave the matrix empty")
+        return
+    m = d.label_noise_matrix
+    if not m:
+        raise ConfigError(f"{key}: empty, but data.label_noise_kind is 'matrix'; allowed: one "
+                          "row per class, row i = the fractions of class i given label j")
+    if d.label_noise > 0:
+        raise ConfigError(f"data.label_noise: {d.label_noise} with data.label_noise_kind="
+                          "matrix; the matrix sets the rates: leave data.label_noise at 0")
+    for i, row in enumerate(m):
+        if len(row) != len(m):
+            raise ConfigError(f"{key}: row {i} has {len(row)} entries, but the matrix has "
+                              f"{len(m)} rows; must be square (one row and column per class)")
+        if any(not math.isfinite(v) or v < 0 or v > 1 for v in row):
+            raise ConfigError(f"{key}: row {i} {show(row)} has an entry outside [0, 1]")
+        if abs(math.fsum(row) - 1.0) > 1e-6:
+            raise ConfigError(f"{key}: row {i} sums to {math.fsum(row):g}; each row must sum "
+                              "to 1")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first invalid field or inconsistent combination."""
     for key, value, meta in walk(cfg):
         _check_field(key, value, meta)
     _check_plateau_monitor(cfg)
+    _check_early_stop(cfg)
     check_albumentations_shape(cfg.aug.albumentations)
     _check_device(cfg)
     _check_name(cfg)
+    _check_label_noise(cfg)

@@ -36,6 +36,14 @@ class Splits:
     classes: list[str]
     mean: tuple[float, float, float]  # per-channel mean of the train split's pixels / 255
     std: tuple[float, float, float]  # per-channel (population) std of the same
+    # The training split's indexing (classlab.data.labels): the training-split index of each
+    # row of train_x (None: every image, in order), the labels before data.label_noise (per
+    # row; None: no noise), every changed label as (index, true, given) rows over the whole
+    # training split, and the training-split indices data.exclude left out.
+    train_index: torch.Tensor | None = None  # int64 [N]
+    train_y_true: torch.Tensor | None = None  # int64 [N]
+    noise: torch.Tensor | None = None  # int64 [F,3]
+    excluded: torch.Tensor | None = None  # int64 [X]
 
 
 def default_data_dir() -> Path:

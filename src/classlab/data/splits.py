@@ -10,6 +10,7 @@ import torch
 
 from classlab.config import DataConfig
 from classlab.data.base import DataError, Splits, default_data_dir
+from classlab.data.labels import training_labels
 from classlab.data.registry import DATASETS
 
 
@@ -56,7 +57,8 @@ def mean_std(x: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, 
     return (m[0], m[1], m[2]), (sd[0], sd[1], sd[2])
 
 
-def load_splits(cfg: DataConfig, root: Path | None = None) -> Splits:
+def load_splits(cfg: DataConfig, root: Path | None = None,
+                exclude_file: Path | None = None) -> Splits:
     """Load ``cfg.name`` and split it into train / validation / test.
 
     ``root``: None means ``cfg.dir`` if set, else :func:`default_data_dir`. The validation
@@ -64,7 +66,10 @@ def load_splits(cfg: DataConfig, root: Path | None = None) -> Splits:
     ``cfg.seed``; then ``cfg.subset > 0`` keeps a stratified, seeded subset of the remaining
     train images. Train and validation keep the original relative order; test is untouched.
     A loader that returns its own validation split (:data:`ArraysWithVal`, e.g. imagefolder
-    with a ``val/`` folder) gets that one instead, and ``cfg.val_split`` is not used.
+    with a ``val/`` folder) gets that one instead, and ``cfg.val_split`` is not used. Then the
+    training split's labels get ``cfg.label_noise`` and the images ``cfg.exclude`` lists
+    (``exclude_file`` instead, e.g. a run folder's excluded.csv) are left out
+    (:mod:`classlab.data.labels`).
     """
     if root is None:
         root = Path(cfg.dir).expanduser() if cfg.dir else default_data_dir()
@@ -96,11 +101,19 @@ def load_splits(cfg: DataConfig, root: Path | None = None) -> Splits:
         sub = _stratified_pick(y_np[train_idx], cfg.subset, np.random.default_rng([cfg.seed, 1]))
         train_idx = train_idx[sub]
 
-    ti, vi = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    labels = training_labels(cfg, y_np[train_idx], list(classes), exclude_file)
+    ti, vi = torch.from_numpy(train_idx[labels.keep]), torch.from_numpy(val_idx)
     train_x = x[ti]
     val_x, val_y = given_val if given_val is not None else (x[vi], y[vi])
     mean, std = mean_std(train_x)
-    return Splits(train_x=train_x, train_y=y[ti], val_x=val_x, val_y=val_y,
-                  test_x=test_x, test_y=test_y, classes=list(classes), mean=mean, std=std)
+    true, flipped = labels.true, labels.flipped
+    return Splits(train_x=train_x, train_y=torch.from_numpy(labels.given[labels.keep]),
+                  val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y,
+                  classes=list(classes), mean=mean, std=std,
+                  train_index=torch.from_numpy(labels.keep),
+                  train_y_true=None if true is None else torch.from_numpy(true[labels.keep]),
+                  noise=None if true is None else torch.from_numpy(
+                      np.stack([flipped, true[flipped], labels.given[flipped]], 1)),
+                  excluded=torch.from_numpy(labels.excluded))
 
 

@@ -216,14 +216,40 @@ def _mosaic_figure(cells: list[list[tuple[np.ndarray, str]]], out: Path, *, titl
 def plot_mistakes(images: np.ndarray, titles: list[str], out: Path, per_row: int = 5,
                   scale: int = 4,
                   title: str = "Most confident mistakes: true → predicted (confidence)",
-                  empty: str = "no misclassified test images") -> None:
-    """Gallery of uint8 [N,H,W,3] images, ``per_row`` per row, each titled."""
+                  empty: str = "no misclassified test images",
+                  framed: list[bool] | None = None) -> None:
+    """Gallery of uint8 [N,H,W,3] images, ``per_row`` per row, each titled; the images
+    ``framed`` marks get a red frame (e.g. a suspected label error)."""
     if len(images) == 0:
         _placeholder(out, empty)
         return
     tiles = [(_upscale(im, scale), t) for im, t in zip(images, titles, strict=True)]
+    for (tile, _), red in zip(tiles, framed or [], strict=False):
+        if red:
+            frame(tile)
     rows = [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
     _mosaic_figure(rows, out, title=title)
+
+
+def frame(tile: np.ndarray, width: int = 3, colour: tuple[int, int, int] = (220, 30, 30)
+          ) -> np.ndarray:
+    """Draw a ``width``-pixel frame into the uint8 [H,W,3] ``tile`` (in place)."""
+    tile[:width], tile[-width:], tile[:, :width], tile[:, -width:] = colour, colour, colour, \
+        colour
+    return tile
+
+
+def plot_gallery_rows(rows: list[tuple[np.ndarray, list[str]]], row_labels: list[str],
+                      out: Path, title: str, scale: int = 4) -> None:
+    """One row of titled images per entry of ``rows`` ((uint8 [n,H,W,3], titles)), each
+    row labelled on its left; rows may hold different numbers of images (none: skipped)."""
+    cells = [[(_upscale(im, scale), t) for im, t in zip(images, titles, strict=True)]
+             for images, titles in rows]
+    kept = [(c, lab) for c, lab in zip(cells, row_labels, strict=True) if c]
+    if not kept:
+        _placeholder(out, "no images")
+        return
+    _mosaic_figure([c for c, _ in kept], out, title=title, row_labels=[lab for _, lab in kept])
 
 
 def plot_cam_grid(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: list[str],

@@ -29,6 +29,7 @@ from classlab.diagnose.cams import (
     module_named,
     valid_layers,
 )
+from classlab.diagnose.datastep import badge, data_step, label_issues_of
 from classlab.diagnose.figures import (
     label,
     plot_cam_grid,
@@ -49,7 +50,7 @@ from classlab.diagnose.trust import (
 )
 from classlab.fmt import csv_number, is_nan
 from classlab.models import build_model
-from classlab.rundir import PREDICTION_FIELDS, RunFiles, write_json
+from classlab.rundir import PREDICTION_FIELDS, RunFiles, make_folder, write_json
 from classlab.rundir.checkpoint import load_test_outputs
 from classlab.rundir.metrics import write_csv
 from classlab.rundir.summary import read_summary
@@ -281,32 +282,38 @@ def diagnose(s, run_dir: Path, a: Args, checkpoint_epoch: int | None = None,
     # The layers' map sizes (h, w), checked on the real model before anything is written.
     image_hw = tuple(s.data["test"][0].shape[-2:])
     cells = check_layers(model, a.layers, a.methods, image_hw)
-    files.diagnose.mkdir(exist_ok=True)
+    make_folder(files.diagnose)
     epoch = checkpoint_epoch if checkpoint_epoch is not None else _epochs_done(files)
 
     with _timed(seconds, "predictions"):
         p = predict(s, files, epoch)
         _write_predictions(files.predictions, p, classes)
+    with _timed(seconds, "data_issues"):
+        issues = label_issues_of(s, files, p.probs, p.y)
     with _timed(seconds, "curves"):
         has_curves = plot_curves(run_dir, files.curves)
     with _timed(seconds, "mistakes"):
         shown = most_confident_mistakes(p, a.count)  # [m] test-set indices
         images = to_hwc(s.data["test"][0][shown.to(s.device)])  # uint8 [m,H,W,3]
         titles = [label(classes, int(p.y[i]), int(p.pred[i]), float(p.conf[i])) for i in shown]
-        plot_mistakes(images, titles, files.mistakes)
+        suspected = issues.suspected_test(shown.tolist())  # badged: label suspected
+        titles = badge(titles, suspected)
+        plot_mistakes(images, titles, files.mistakes, framed=suspected)
     with _timed(seconds, "confusion"):
         per_class, pairs = _tables(p, classes, files)
     with _timed(seconds, "calibration"):
         calibration = calibration_step(s, p.probs, p.y, files)
     with _timed(seconds, "cams"):  # the run's memory format (s.normalize) and precision
         kept = _cams(s, model, p, shown, a, files, images, titles, classes, s.normalize)
+    with _timed(seconds, "data_issues"):
+        data_issues, data_files = data_step(s, files, issues, shown, a.count)
 
     checks = _check_cams(s, model, kept, a, cells, image_hw, images, files, seconds)
     seconds["total"] = time.perf_counter() - t_start + seconds.get("load", 0.0)
     result = _result(run_dir, epoch, p, shown, a, s.cfg.train.tta, classes, per_class, pairs,
                      seconds)
-    result.update(calibration=calibration, **checks)
-    written = _written(files, has_curves, bool(len(shown)), a.method == "all")
+    result.update(calibration=calibration, data_issues=data_issues, **checks)
+    written = {**_written(files, has_curves, bool(len(shown)), a.method == "all"), **data_files}
     write_json(files.diagnose_json, _jsonable(
         {**result, "files": {k: files.rel(v) for k, v in written.items()}}))
     n = len(p.y)

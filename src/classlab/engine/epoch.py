@@ -25,6 +25,7 @@ from classlab.engine.batches import Normalizer, batch_indices
 from classlab.engine.distributed import Dist
 from classlab.engine.ema import Ema
 from classlab.engine.errors import TrainingError
+from classlab.engine.margins import ImageDynamics
 from classlab.engine.step import StepRecipe, train_step
 from classlab.optim import Stepper, current_lr
 
@@ -151,6 +152,8 @@ class EpochPlan:
     # rank's shards) and the epoch generator, it yields their augmented uint8 images, which
     # replace augment_fn(normalize(x[idx])); the batches, and so the shuffling, stay the same.
     batch_source: BatchSource | None = None
+    # log.data_dynamics: every step's per-image margins etc., from the step's own logits
+    margins: ImageDynamics | None = None
 
 
 @dataclass
@@ -192,6 +195,8 @@ def train_one_epoch(plan: EpochPlan, x: torch.Tensor, y: torch.Tensor, gen: torc
                 p.ema.update(p.net)
             last = i == len(batches) - 1
             run.add(loss, logits, yb, last)
+            if p.margins is not None:
+                p.margins.add(idx, logits, yb)
             if progress:
                 shown = _show(bar, shown, last, loss, p.recipe.optimizer, run, note)
             if on_step is not None:

@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 from classlab.config import ConfigError
-from classlab.grid.folder import error_line, run_point
+from classlab.grid.folder import LOCKED_EXIT, error_line, run_point
 from classlab.rundir import RunDirError
+from classlab.rundir.lock import RunLocked
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m classlab.grid run-point POINT_DIR``: 0 finished, 1 failed, 2 bad input."""
+    """``python -m classlab.grid run-point POINT_DIR``: 0 finished, 1 failed, 2 bad input,
+    :data:`LOCKED_EXIT` when another process holds the point."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     ap = argparse.ArgumentParser(prog="python -m classlab.grid")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         run_point(a.point_dir, a.data_dir)
+    except RunLocked as e:  # another process trains it: the driver comes back to it
+        print(f"run-point: {e}", file=sys.stderr)
+        return LOCKED_EXIT
     except (ConfigError, RunDirError) as e:
         print(f"run-point: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from classlab import config
 from classlab.config import ConfigError
 from classlab.grid.spec import COMPARED_KEYS, Grid
 from classlab.rundir import GridFiles, RunDirError, RunFiles, atomic_write_text, write_json
+from classlab.rundir.lock import hold
 from classlab.rundir.summary import is_finished, make_summary, read_summary
 
 _GRID_HEADER = ("# Written by `classlab grid`: the resolved grid (base after loading, overrides,\n"
@@ -79,30 +80,38 @@ def point_state(point_dir: Path) -> str:
     return "new"
 
 
-def run_point(point_dir: str | Path, data_root: Path | None = None) -> dict:
+LOCKED_EXIT = 75  # run-point's exit status (EX_TEMPFAIL) when another process holds the point
+
+
+def run_point(point_dir: str | Path, data_root: Path | None = None,
+              wait: float = 0.0) -> dict:
     """Train (or resume, or skip when finished) the prepared point folder ``point_dir``.
 
-    Any exception is recorded in summary.json (status "failed" plus a one-line error) and
-    re-raised; KeyboardInterrupt is not, so an interrupted point stays "running". A failed
-    diagnosis does not fail a trained point (it is printed).
+    The point's lock is taken first: held by another process (another driver of the same
+    grid, a retried task whose first attempt still runs), this waits up to ``wait`` seconds
+    for it, then raises :class:`~classlab.rundir.lock.RunLocked` without touching the
+    folder. Any other exception is recorded in summary.json (status "failed" plus a
+    one-line error) and re-raised; KeyboardInterrupt is not, so an interrupted point stays
+    "running". A failed diagnosis does not fail a trained point (it is printed).
     """
     from classlab.run.flow import train_run
 
     files = RunFiles(point_dir)
     if not files.config.is_file():
         raise RunDirError(f"{point_dir}: not a grid point (no config.yaml)")
-    summary = read_summary(files.summary)
-    if is_finished(summary):
-        print(f"{point_dir}: finished already; skipped", flush=True)
-        return summary
-    try:
-        # A prepared folder without last.pt starts from scratch; a killed or failed one
-        # resumes from its checkpoint (rows written after it are dropped).
-        return train_run(run_dir=files.root, data_root=data_root,
-                         diagnose_errors="warn").summary
-    except Exception as e:
-        record_failure(files.root, error_line(e))
-        raise
+    with hold(files.root, wait=wait):
+        summary = read_summary(files.summary)  # read under the lock: final once held
+        if is_finished(summary):
+            print(f"{point_dir}: finished already; skipped", flush=True)
+            return summary
+        try:
+            # A prepared folder without last.pt starts from scratch; a killed or failed one
+            # resumes from its checkpoint (rows written after it are dropped).
+            return train_run(run_dir=files.root, data_root=data_root,
+                             diagnose_errors="warn").summary
+        except Exception as e:
+            record_failure(files.root, error_line(e))
+            raise
 
 
 def error_line(e: BaseException) -> str:

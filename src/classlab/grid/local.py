@@ -17,6 +17,7 @@ from typing import Any
 from classlab import fmt
 from classlab.config import ConfigError
 from classlab.grid.folder import (
+    LOCKED_EXIT,
     error_line,
     point_command,
     point_state,
@@ -27,6 +28,8 @@ from classlab.grid.folder import (
 from classlab.grid.spec import Grid, Point, load_grid
 from classlab.grid.table import write_table
 from classlab.rundir import RunFiles
+from classlab.rundir.files import is_run_folder
+from classlab.rundir.lock import RunLocked, holder
 from classlab.rundir.summary import is_finished, read_summary
 
 ENGINES = ("local", "ray")
@@ -40,6 +43,9 @@ def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("
     (this machine: in process, or ``jobs`` child processes) or ray (a Ray cluster at
     ``address``; None: the one RAY_ADDRESS names, else a new one on this machine)."""
     _check_engine(engine, jobs, address)
+    if grid_dir is not None and is_run_folder(grid_dir):
+        raise ConfigError(f"--grid-dir {grid_dir}: is a run folder (it holds config.yaml); "
+                          "a grid folder holds one run folder per point: give another one")
     grid = load_grid(grid_path, overrides)
     gdir = Path(grid_dir) if grid_dir is not None else Path(out) / grid.name
     prepare(grid, gdir)
@@ -71,9 +77,10 @@ def _check_engine(engine: str, jobs: int, address: str | None) -> None:
     if jobs < 1:
         raise ConfigError(f"--jobs: {jobs} is out of range; must be ≥ 1")
     if engine == "ray":
-        from classlab.grid.ray_engine import import_ray
+        from classlab.grid.ray_engine import check_reachable, import_ray
 
         import_ray()
+        check_reachable(address)
         if jobs != 1:
             raise ConfigError("--jobs applies to --engine local; Ray schedules the points by "
                               "the CPUs and GPUs each asks for")
@@ -102,20 +109,34 @@ def _print_plan(grid: Grid, gdir: Path) -> list[str]:
 
 def _run_serial(points: list[Point], gdir: Path, data_dir: Path | None) -> list[str]:
     """In-process: live progress in this terminal and no interpreter start per point. A hard
-    crash (segfault, OOM kill) stops the grid, but a rerun resumes where it stopped."""
-    failed = []
+    crash (segfault, OOM kill) stops the grid, but a rerun resumes where it stopped. A point
+    another process holds (another driver of this grid) is left for last, then waited for
+    (it is then finished and skipped, or resumed)."""
+    failed, later = [], []
     for i, p in enumerate(points, 1):
-        tag = f"[{i}/{len(points)}]"
-        print(f"{tag} start {p.name}", flush=True)
-        t0 = time.time()
-        try:
-            summary = run_point(gdir / p.name, data_dir)
-        except Exception as e:
-            failed.append(p.name)
-            print(f"{tag} {p.name}: FAILED: {error_line(e)}", flush=True)
-            continue
-        print(f"{tag} {p.name}: {_outcome(summary)} ({time.time() - t0:.0f} s)", flush=True)
+        if not _serial_point(p, f"[{i}/{len(points)}]", gdir, data_dir, failed, wait=0.0):
+            later.append(p)
+    for p in later:
+        _serial_point(p, f"[{p.name}]", gdir, data_dir, failed, wait=float("inf"))
     return failed
+
+
+def _serial_point(p: Point, tag: str, gdir: Path, data_dir: Path | None, failed: list[str],
+                  wait: float) -> bool:
+    """Run one point in this process; False when another process holds it (not run)."""
+    print(f"{tag} start {p.name}", flush=True)
+    t0 = time.time()
+    try:
+        summary = run_point(gdir / p.name, data_dir, wait=wait)
+    except RunLocked as e:
+        print(f"{tag} {p.name}: running elsewhere ({e}); coming back to it", flush=True)
+        return False
+    except Exception as e:
+        failed.append(p.name)
+        print(f"{tag} {p.name}: FAILED: {error_line(e)}", flush=True)
+        return True
+    print(f"{tag} {p.name}: {_outcome(summary)} ({time.time() - t0:.0f} s)", flush=True)
+    return True
 
 
 def _outcome(summary: dict | None) -> str:
@@ -168,23 +189,40 @@ def _run_parallel(points: list[Point], gdir: Path, data_dir: Path | None,
     ``<point>/train.log``; the cores are shared out so the children do not oversubscribe."""
     threads = max(1, _cores() // jobs)
     gpus = _gpu_ids()
-    pending, running, failed = deque(points), [], []
+    pending, running, failed, said = deque(points), [], [], set()
     free = list(range(jobs))
     try:
         while pending or running:
-            while pending and free:
-                running.append(_start_job(pending.popleft(), free.pop(0), gdir, data_dir,
-                                          threads, gpus))
-            time.sleep(0.2)
+            for p in list(pending):
+                if not free:
+                    break
+                if _held(gdir, p, said):  # another driver trains it now: come back later
+                    continue
+                pending.remove(p)
+                running.append(_start_job(p, free.pop(0), gdir, data_dir, threads, gpus))
+            time.sleep(0.2 if running else 1.0)
             for job in [j for j in running if j.proc.poll() is not None]:
                 running.remove(job)
                 free.append(job.slot)
-                if not _finish_job(job, gdir):
+                if job.proc.returncode == LOCKED_EXIT:  # taken by another driver meanwhile
+                    job.log.close()
+                    pending.append(job.point)  # try again after the others
+                elif not _finish_job(job, gdir):
                     failed.append(job.point.name)
     except KeyboardInterrupt:
         _stop_jobs(running)
         raise
     return failed
+
+
+def _held(gdir: Path, p: Point, said: set[str]) -> bool:
+    """Whether another process holds the point's folder (said once per point)."""
+    who = holder(gdir / p.name)
+    if who is not None and p.name not in said:
+        said.add(p.name)
+        print(f"{p.name}: running elsewhere (pid {who.get('pid')} on {who.get('host')}); "
+              "coming back to it", flush=True)
+    return who is not None
 
 
 def _start_job(p: Point, slot: int, gdir: Path, data_dir: Path | None, threads: int,

@@ -110,7 +110,9 @@ def _train_logged(point_dir: Path, data_dir: str | None, threads: int) -> dict:
         print(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on {_node()}",
               flush=True)
         try:
-            summary = run_point(point_dir, Path(data_dir) if data_dir else None)
+            # a retried task whose first attempt still holds the point waits for it
+            summary = run_point(point_dir, Path(data_dir) if data_dir else None,
+                                wait=float("inf"))
         except Exception as e:  # already recorded in summary.json by run_point
             return {"error": error_line(e)}
     return {"summary": summary}
@@ -155,6 +157,29 @@ def _write_back(point_dir: Path, data: bytes) -> None:
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+REACH_SECONDS = 3.0  # how long the driver waits for HOST:PORT to accept a connection
+
+
+def check_reachable(address: str | None) -> None:
+    """``--address HOST:PORT``: something accepts TCP connections there, checked in at most
+    :data:`REACH_SECONDS` (``ray.init`` would otherwise retry for minutes). None, ``auto``
+    and other forms are left to Ray. One-line ConfigError."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or "
+                          "auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=REACH_SECONDS):
+            pass
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(f"--address {address}: no Ray cluster reachable there ({why}); "
+                          "start one with `ray start --head` or check the address") from None
 
 
 def _connect(ray: Any, address: str | None) -> None:

@@ -16,9 +16,15 @@ from classlab.fmt import MISSING, csv_number, fixed, is_nan, markdown_table, mis
 from classlab.grid.folder import read_grid_dir
 from classlab.report.dynamics import plot_compare
 from classlab.report.names import MODEL_NAMES, NORM_NAMES, SCHED_NAMES
-from classlab.rundir import GridFiles, atomic_write_text, save_figure
+from classlab.rundir import (
+    GridFiles,
+    RunDirError,
+    all_or_nothing,
+    atomic_write_text,
+    save_figure,
+)
 from classlab.rundir.metrics import read_metrics
-from classlab.rundir.summary import read_summary, run_state
+from classlab.rundir.summary import load_summary, run_state, stopped_early
 
 # Axis keys that get a fixed, human-named column (always shown, even when not an axis).
 NAMED_COLUMNS = {"model.name": ("Model", MODEL_NAMES),
@@ -47,11 +53,12 @@ def write_table(grid_dir: str | Path) -> Path:
     _add_ece(groups, comparison["outputs"])
     g = GridFiles(grid_dir)
     seeded = grid.get("seeds") is not None
-    atomic_write_text(g.results_md, _markdown(grid.get("name", grid_dir.name), groups, extra,
-                                              comparison, seeded))
-    atomic_write_text(g.results_csv, _csv(runs, extra))
-    _plot(g, grid)
-    plot_compare([(e["name"], grid_dir / e["name"]) for e in grid["points"]], g.dynamics)
+    with all_or_nothing():  # a full disk leaves the previous table as it was
+        atomic_write_text(g.results_md, _markdown(grid.get("name", grid_dir.name), groups,
+                                                  extra, comparison, seeded))
+        atomic_write_text(g.results_csv, _csv(runs, extra))
+        _plot(g, grid)
+        plot_compare([(e["name"], grid_dir / e["name"]) for e in grid["points"]], g.dynamics)
     return g.results_md
 
 
@@ -61,13 +68,19 @@ def _gather(grid_dir: Path, entry: dict, extra: list[str]) -> dict:
     files = GridFiles(grid_dir).point(entry["name"])
     values = entry.get("values") or {}
     raw = _read_raw_config(files.config)
-    summary = read_summary(files.summary) or {}
+    damaged = False
+    try:
+        summary = load_summary(files.summary) or {}
+    except RunDirError:
+        summary, damaged = {}, True
     row = {"folder": entry["name"], "group": entry.get("group") or entry["name"],
            "seed": entry.get("seed"), "values": values, "status": _status(summary),
            "error": summary.get("error"), "params": summary.get("params"),
-           "epochs_done": summary.get("epochs_done"),
+           "epochs_done": summary.get("epochs_done"), "stopped": stopped_early(summary),
            "epochs": summary.get("epochs", _lookup(raw, "train.epochs")),
            "spe": summary.get("seconds_per_epoch")}
+    if damaged:
+        row["status"] = "damaged summary.json"
     for key, (column, names) in NAMED_COLUMNS.items():
         value = values.get(key, _lookup(raw, key))
         row[column] = "" if value is None else names.get(value, fmt.value(value))
@@ -309,6 +322,8 @@ def _md_tail(g: dict, comparison: dict, seeded: bool) -> list[str]:
     done, planned = g["epochs_done"], g["epochs"]
     epochs = MISSING if planned is None else (str(planned) if done == planned
                                          else f"{done or 0}/{planned}")
+    if any(r.get("stopped") for r in g["runs"]):
+        epochs += " (stopped early)"
     spe = fixed(g["spe"]["mean"], 1) if g["spe"] else MISSING
     folders = " ".join(f"[{r['folder'] if not seeded else 'seed' + str(r['seed'])}]"
                        f"({r['folder']}/)" for r in g["runs"])

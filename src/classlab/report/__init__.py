@@ -15,17 +15,24 @@ from classlab.report.blocks import H
 from classlab.report.htmlpage import to_html
 from classlab.report.markdown import to_markdown
 from classlab.report.sections import blocks
-from classlab.rundir import RunFiles, atomic_write_text, run_folder
+from classlab.rundir import RunFiles, all_or_nothing, atomic_write_text, run_folder
+from classlab.rundir.lock import hold
 
 
 def build_report(run_dir: Path) -> tuple[Path, Path]:
     """Write ``run_dir/report.md`` and ``run_dir/report.html`` (atomically); return both."""
     run_dir = run_folder(run_dir)
+    with hold(run_dir):  # one writer: a run still training or diagnosing is not reported over
+        return _write(run_dir)
+
+
+def _write(run_dir: Path) -> tuple[Path, Path]:
     files = RunFiles(run_dir)
-    report = blocks(run_dir)
-    title = next((b.text for b in report if isinstance(b, H)), "Run report")
-    atomic_write_text(files.report_md, to_markdown(report, run_dir))
-    atomic_write_text(files.report_html, to_html(report, run_dir, title))
+    with all_or_nothing():  # a failure (disk full, Ctrl-C) leaves the previous report
+        report = blocks(run_dir)
+        title = next((b.text for b in report if isinstance(b, H)), "Run report")
+        atomic_write_text(files.report_md, to_markdown(report, run_dir))
+        atomic_write_text(files.report_html, to_html(report, run_dir, title))
     return files.report_md, files.report_html
 
 

@@ -4,13 +4,13 @@ step heat map of the update/weight ratio, gradient norms per stage and the LR tr
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from classlab.rundir import RunFiles, save_figure
+from classlab.rundir import RunFiles, make_folder, save_figure
+from classlab.rundir.metrics import read_rows
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio")
 
@@ -18,10 +18,13 @@ LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio")
 def read_dynamics(path: Path) -> list[dict]:
     """Rows of ``dynamics.csv`` as dicts with typed values (step, epoch int; value float)."""
     rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({"step": int(r["step"]), "epoch": int(r["epoch"]), "layer": r["layer"],
-                         "metric": r["metric"], "value": float(r["value"])})
+    for r in read_rows(path)[0]:  # complete rows: a running point's last line may be cut off
+        try:
+            rows.append({"step": int(r["step"]), "epoch": int(r["epoch"]),
+                         "layer": r["layer"], "metric": r["metric"],
+                         "value": float(r["value"])})
+        except (KeyError, ValueError):  # not a dynamics row (a damaged or foreign file)
+            continue
     return rows
 
 
@@ -143,7 +146,7 @@ def report_section(run_dir: Path) -> tuple[str, list[tuple[str, Path]]] | None:
     if not layers:
         return None
     _, _, grads = _layer_table(rows, "grad_norm")
-    files.diagnose.mkdir(exist_ok=True)
+    make_folder(files.diagnose)
     images = [
         ("Update/weight ratio per layer and step", files.dyn_update_ratio),
         ("Gradient norm per stage", files.dyn_grad_norms),
@@ -187,8 +190,9 @@ def plot_compare(points: list[tuple[str, Path]], out: Path) -> Path | None:
         if p.exists():
             rows = read_dynamics(p)
             _, steps, ratios = _layer_table(rows, "update_ratio")
-            curves.append((name, steps, np.nanmedian(ratios, axis=0) if steps else [],
-                           *_trace(rows, "lr")))
+            if steps or _trace(rows, "lr")[0]:  # a damaged or empty file gives nothing
+                curves.append((name, steps, np.nanmedian(ratios, axis=0) if steps else [],
+                               *_trace(rows, "lr")))
     if not curves:
         return None
     fig = Figure(figsize=(9, 7))
@@ -197,12 +201,15 @@ def plot_compare(points: list[tuple[str, Path]], out: Path) -> Path | None:
         if len(steps):
             a1.plot(steps, med, label=name)
         a2.plot(ls, lr, label=name)
-    a1.set_yscale("log")
+    if any(np.nanmax(c[2], initial=0) > 0 for c in curves if len(c[1])):  # log needs > 0
+        a1.set_yscale("log")
     a1.axhline(RULE_OF_THUMB, color="k", ls="--", lw=1)
     a1.set_ylabel("median ‖Δw‖/‖w‖ over layers")
     a1.set_title("What each run's schedule does to the weight updates (dashed: 1e-3)")
-    a1.legend(fontsize=7, ncol=2)
-    a2.set_yscale("log")
+    if any(len(c[1]) for c in curves):
+        a1.legend(fontsize=7, ncol=2)
+    if any(v > 0 for c in curves for v in c[4]):
+        a2.set_yscale("log")
     a2.set_xlabel("optimizer step")
     a2.set_ylabel("learning rate")
     fig.tight_layout()

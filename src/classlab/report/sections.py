@@ -16,9 +16,13 @@ from classlab.fmt import MISSING, duration, fixed, missing, pct
 from classlab.fmt import as_float as num
 from classlab.fmt import number as g
 from classlab.report.blocks import Block, Code, H, Img, Md, P, Table
+from classlab.report.datasection import data_blocks, mistakes_sentence
 from classlab.report.dynamics import report_section
 from classlab.report.names import NORM_SHORT, cam_name
 from classlab.rundir import RunFiles
+from classlab.rundir.history import read_events
+from classlab.rundir.metrics import read_rows
+from classlab.rundir.summary import load_summary, stop_sentence, stopped_early
 
 
 def _read_json(path: Path) -> dict | None:
@@ -84,6 +88,7 @@ def _summary_blocks(summary: dict, cfg: dict) -> list[Block]:
     norm = model.get("norm", summary.get("norm", "?"))
     params = summary.get("params")
     done, epochs = summary.get("epochs_done"), summary.get("epochs", train.get("epochs"))
+    early = stopped_early(summary)
     rows = [
         ["Model", f"{model.get('name', summary.get('model', '?'))} (width "
                   f"{model.get('width', '?')})"],
@@ -98,7 +103,7 @@ def _summary_blocks(summary: dict, cfg: dict) -> list[Block]:
         ["Scheduler", _scheduler(cfg.get("sched", {"name": summary.get("scheduler", "?")}))],
         ["Batch size", str(train.get("batch_size", "?"))],
         ["Epochs", f"{epochs}" + (f" ({done} done)" if done is not None and done != epochs
-                                   else "")],
+                                   else "") + (f"; {stop_sentence(early)}" if early else "")],
         ["Augmentations", _augmentations(cfg.get("aug", {}))],
         ["Label smoothing", g(train.get("label_smoothing", 0))],
         ["Test-time augmentation", str(train.get("tta", "none"))],
@@ -148,6 +153,9 @@ def _results_blocks(summary: dict, diag: dict | None) -> list[Block]:
         rows.append([f"best by {by} accuracy (epoch {best.get('epoch')})", "",
                      pct(best.get("val_acc")), pct(best.get("test_acc"))])
     out.append(Table(["", "train accuracy", "val accuracy", "test accuracy"], rows))
+    if stopped_early(summary):
+        out.append(P(f"The run {stop_sentence(stopped_early(summary))}: the final row is that "
+                     "epoch's, with its weights."))
     if best:
         by = "validation accuracy" if best.get("by") == "val_acc" else "training accuracy"
         out.append(P(f"The best epoch, **{best.get('epoch')}**, is chosen by {by} only; the "
@@ -163,17 +171,17 @@ def _results_blocks(summary: dict, diag: dict | None) -> list[Block]:
 
 
 def _epoch_blocks(f: RunFiles) -> list[Block]:
-    rows = _read_csv(f.metrics)
+    body, bad = read_rows(f.metrics)  # complete rows only: a cut-off line is not a result
     out: list[Block] = [H(2, "Epochs")]
-    if len(rows) < 2:
-        out.append(P("No epoch finished yet (`metrics.csv` is empty or missing)."))
+    cut = [P(f"`metrics.csv` line {bad[0]} is incomplete ({bad[1]}): not shown.")] if bad \
+        else []
+    if not body:
+        out += [P("No epoch finished yet (`metrics.csv` is empty or missing)."), *cut]
         return out
-    head, body = rows[0], rows[1:]
-    col = {name: i for i, name in enumerate(head)}
+    col = body[0]
 
-    def cell(r: list[str], name: str, kind: str) -> str:
-        i = col.get(name)
-        v = r[i] if i is not None and i < len(r) else ""
+    def cell(r: dict[str, str], name: str, kind: str) -> str:
+        v = r.get(name, "")
         if kind == "pct":
             return pct(v)
         if kind == "int":
@@ -189,7 +197,7 @@ def _epoch_blocks(f: RunFiles) -> list[Block]:
     spec = [s for s in spec if s[0] in col]
     out.append(Table([s[1] for s in spec], [[cell(r, k, kind) for k, _, kind in spec]
                                                for r in body]))
-    return out
+    return out + cut
 
 
 def _diagnose_cmd(run_dir: Path) -> str:
@@ -251,6 +259,9 @@ def _mistakes(f: RunFiles, diag: dict | None) -> list[Block]:
                      "model was most confident about (highest probability for the wrong "
                      "class first), titled true → predicted (confidence)."))
         out.append(Img("Most confident mistakes", f.mistakes))
+        suspected = mistakes_sentence(diag)
+        if suspected is not None:
+            out.append(suspected)
     else:
         out.append(_missing(f, "The gallery of misclassified images"))
     return out
@@ -461,10 +472,29 @@ def _config_blocks(f: RunFiles) -> list[Block]:
     return out
 
 
+def _history_blocks(f: RunFiles, summary: dict) -> list[Block]:
+    """What the run folder's other files do not show: started from another run's weights,
+    extended to more epochs, resumed with changed settings (history.jsonl)."""
+    lines = []
+    if summary.get("init_from"):
+        lines.append(f"started from the weights of `{summary['init_from']}` (train.init_from)")
+    for e in read_events(f.history):
+        if e.get("event") == "extended":
+            lines.append(f"{e.get('time', '?')}: extended from {e.get('from')} to "
+                         f"{e.get('to')} epochs after epoch {e.get('after_epoch')} "
+                         "(classlab train --resume --epochs)")
+        elif e.get("event") == "resumed with changed settings":
+            changed = e.get("changed") or {}
+            lines.append(f"{e.get('time', '?')}: resumed with changed settings: " + ", ".join(
+                f"{k} {v[0]!r} → {v[1]!r}" for k, v in changed.items()
+                if isinstance(v, list) and len(v) == 2))
+    return [P("**History:** " + "; ".join(lines) + ".")] if lines else []
+
+
 def blocks(run_dir: Path) -> list[Block]:
     """The whole report of ``run_dir``, from whatever the run folder holds."""
     f = RunFiles(run_dir)
-    summary = _read_json(f.summary) or {}
+    summary = load_summary(f.summary) or {}  # a damaged one is refused, not shown as empty
     cfg = _read_yaml(f.config)
     diag = _read_json(f.diagnose_json)
     name = summary.get("name") or cfg.get("name") or run_dir.name
@@ -475,10 +505,12 @@ def blocks(run_dir: Path) -> list[Block]:
            + f" · **Run folder:** `{run_dir}` · generated "
            + datetime.now().strftime("%Y-%m-%d %H:%M")),
     ]
+    head += _history_blocks(f, summary)
     if diag is None:
         head.append(P("Diagnostics (curves, per-class accuracy, confusion matrix, calibration, "
                        f"mistakes, CAMs) are missing: run {_diagnose_cmd(run_dir)} to make "
                        "them."))
     return (head + _summary_blocks(summary, cfg) + _results_blocks(summary, diag)
-            + _epoch_blocks(f) + _diagnose_blocks(f, diag) + _dynamics_blocks(run_dir)
+            + _epoch_blocks(f) + _diagnose_blocks(f, diag) + data_blocks(f, diag)
+            + _dynamics_blocks(run_dir)
             + _config_blocks(f))

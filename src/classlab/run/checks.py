@@ -4,7 +4,7 @@ One-line ConfigErrors, raised before anything is written."""
 
 from __future__ import annotations
 
-from classlab.config import Config
+from classlab.config import Config, ConfigError
 from classlab.run.tensorboard import check_config
 
 
@@ -12,7 +12,25 @@ def check_environment(cfg: Config) -> None:
     """Raise ConfigError when ``cfg`` cannot run here (a missing optional package, an
     albumentations transform that refuses its arguments)."""
     check_config(cfg)
+    _check_sync_bn(cfg)
     if cfg.aug.backend == "albumentations":
         from classlab.augment.albu import check_transforms
 
         check_transforms(cfg.aug.albumentations)
+
+
+def _check_sync_bn(cfg: Config) -> None:
+    """torch's SyncBatchNorm runs on CUDA devices only: on CPU it would fail in every process
+    of a torchrun job as DDP is built, with a traceback."""
+    if not cfg.train.sync_bn:
+        return
+    device = cfg.train.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.startswith("cuda"):
+        raise ConfigError(f"train.sync_bn: true needs CUDA devices (torch's SyncBatchNorm is "
+                          f"GPU-only) and this run's device is {device}; set "
+                          "train.sync_bn=false (each process then keeps the BatchNorm "
+                          "statistics of its own share of the batch)")

@@ -23,6 +23,7 @@ import torch
 
 from classlab.engine import TrainingError
 from classlab.engine.epoch import StepInfo, Tally
+from classlab.engine.margins import ImageDynamics
 from classlab.run.pace import Pace
 from classlab.run.session import Session, checkpoint_state
 from classlab.run.signals import RunInterrupted, SignalTrigger, StopNow, StopSignals, signal_name
@@ -40,17 +41,24 @@ class Position:
     tally: Tally  # the sums of those steps, over all processes
     lr: float  # the LR at the epoch's first step (metrics.csv's lr column)
     seconds: float  # wall time the epoch had taken, seconds
+    # the per-image dynamics of those steps (log.data_dynamics; ImageDynamics.partial_state)
+    marks: dict | None = None
 
     def to_state(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "steps": self.steps,
-                "loss_sum": self.tally.loss_sum, "correct": self.tally.correct,
-                "seen": self.tally.seen, "lr": self.lr, "seconds": self.seconds}
+        state = {"epoch": self.epoch, "step": self.step, "steps": self.steps,
+                 "loss_sum": self.tally.loss_sum, "correct": self.tally.correct,
+                 "seen": self.tally.seen, "lr": self.lr, "seconds": self.seconds}
+        if self.marks is not None:
+            state["marks"] = self.marks
+        return state
 
     @classmethod
     def from_state(cls, d: dict) -> Position:
+        marks = d.get("marks")
         return cls(int(d["epoch"]), int(d["step"]), int(d["steps"]),
                    Tally(float(d["loss_sum"]), int(d["correct"]), int(d["seen"])),
-                   float(d["lr"]), float(d["seconds"]))
+                   float(d["lr"]), float(d["seconds"]),
+                   marks if isinstance(marks, dict) else None)
 
 
 @dataclass
@@ -73,6 +81,7 @@ class StepControl:
         self.trigger = SignalTrigger(s.dist.rank)
         self.every = s.cfg.train.checkpoint_minutes * 60.0  # seconds; 0: no periodic ones
         self.best: dict = {}  # best-by-validation so far, as last.pt holds it
+        self.marks: ImageDynamics | None = None  # log.data_dynamics: kept mid-epoch too
         self._saved = time.monotonic()  # when the last checkpoint (of any kind) was written
         self._epoch, self._lr, self._started, self._before = 0, 0.0, 0.0, 0.0
 
@@ -123,6 +132,8 @@ class StepControl:
 
     def save(self, pos: Position) -> None:
         """Write midepoch.pt (rank 0; every rank calls this, at the same step)."""
+        if self.marks is not None:  # gathered from every rank: a collective call
+            pos.marks = self.marks.partial_state()
         if self.s.dist.main:
             state = checkpoint_state(self.s, pos.epoch - 1, self.best)
             state["position"] = pos.to_state()

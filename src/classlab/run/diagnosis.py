@@ -11,6 +11,7 @@ from classlab.diagnose.run import check_args, diagnose, resolve_args, skeleton
 from classlab.run.session import session_from_run
 from classlab.rundir import RunFiles, run_folder
 from classlab.rundir.checkpoint import load_checkpoint
+from classlab.rundir.lock import hold
 
 
 def diagnose_run(run_dir: Path, *, session=None, data_root: Path | None = None,
@@ -25,15 +26,16 @@ def diagnose_run(run_dir: Path, *, session=None, data_root: Path | None = None,
     section. All arguments are checked before the data is loaded or the model is run.
     """
     run_dir = run_folder(run_dir, needs="last.pt" if session is None else "config.yaml")
-    t = time.perf_counter()
-    epoch = None
-    if session is None:
-        state = load_checkpoint(RunFiles(run_dir).checkpoint)
-        a = resolve_args(config.from_dict(state["config"]), layers, method, count, target)
-        check_args(skeleton(state), a)  # on the meta device: before any data is loaded
-        session, state = session_from_run(run_dir, data_root, device)
-        epoch = int(state["epoch"])
-    else:
-        a = resolve_args(session.cfg, layers, method, count, target)
-        check_args(session.eval_model, a)
-    return diagnose(session, run_dir, a, epoch, {"load": time.perf_counter() - t})
+    with hold(run_dir):  # one writer (re-entrant: the training process already holds it)
+        t = time.perf_counter()
+        epoch = None
+        if session is None:
+            state = load_checkpoint(RunFiles(run_dir).checkpoint)
+            a = resolve_args(config.from_dict(state["config"]), layers, method, count, target)
+            check_args(skeleton(state), a)  # on the meta device: before any data is loaded
+            session, state = session_from_run(run_dir, data_root, device)
+            epoch = int(state["epoch"])
+        else:
+            a = resolve_args(session.cfg, layers, method, count, target)
+            check_args(session.eval_model, a)
+        return diagnose(session, run_dir, a, epoch, {"load": time.perf_counter() - t})

@@ -27,15 +27,18 @@ from classlab.engine import (
     epoch_generator,
     train_one_epoch,
 )
+from classlab.engine.margins import ImageDynamics
 from classlab.engine.precision import cpu_flags, cpu_model
 from classlab.fmt import is_nan
 from classlab.optim import current_lr
 from classlab.run.control import Position, Progress, StepControl
+from classlab.run.earlystop import EarlyStopper
 from classlab.run.pace import Pace
-from classlab.run.session import Session, checkpoint_state, torch_threads
+from classlab.run.session import Session, checkpoint_state, torch_threads, usable_threads
 from classlab.run.signals import RunInterrupted, SignalTrigger, StopSignals
 from classlab.rundir import RunFiles, write_json
-from classlab.rundir.checkpoint import save_checkpoint, save_test_outputs
+from classlab.rundir.checkpoint import CheckpointError, save_checkpoint, save_test_outputs
+from classlab.rundir.datadyn import read_data_dynamics, save_data_dynamics
 from classlab.rundir.metrics import append_metrics, read_metrics
 from classlab.rundir.summary import Outcome, environment, make_summary
 
@@ -43,7 +46,8 @@ from classlab.rundir.summary import Outcome, environment, make_summary
 def _device_name(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    threads = threads or torch.get_num_threads()  # train.threads, else the default
+    # train.threads (at most the usable CPUs), else the default
+    threads = usable_threads(threads) if threads else torch.get_num_threads()
     return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
@@ -74,6 +78,9 @@ def session_summary(s: Session, run_dir: Path, outcome: Outcome | str, best: dic
         "val_images": len(s.splits.val_x),
         "test_images": len(s.splits.test_x),
         "classes": list(s.splits.classes),
+        # the run folder whose weights started this run (train.init_from), absolute
+        "init_from": str(Path(s.cfg.train.init_from).resolve()) if s.cfg.train.init_from
+        else None,
         "versions": environment(),
     }
     return make_summary(s.cfg, run_dir, outcome, best=best, last=last, wall=wall, facts=facts)
@@ -96,6 +103,11 @@ def fit(s: Session, run_dir: Path, start: Progress | None = None,
     threads. A run resumed from a mid-epoch checkpoint (``start.position``) continues that
     epoch at its step.
 
+    ``on_epoch(row)`` is called after each epoch's files are written; a dict it returns
+    stops the run there, finished, with that dict as summary.json's ``stopped_early`` (a
+    tuning trial's pruner: :mod:`classlab.grid.tune`). ``train.early_stop_patience`` stops it
+    the same way (:mod:`classlab.run.earlystop`).
+
     Returns the final summary. On a TrainingError the summary records it (status "failed")
     and the error is re-raised; ``last.pt`` then still holds the last good epoch. SIGTERM /
     SIGINT raise :class:`~classlab.run.signals.RunInterrupted` after a checkpoint (status
@@ -116,24 +128,31 @@ def _fit(s: Session, run_dir: Path, start: Progress, on_epoch: Callable[[dict], 
                 fresh=start_epoch == 0 and position is None, data_root=s.data_root)
     control = StepControl(s, files, stop, pace, dyn.flush if dyn is not None else lambda: None)
     control.best = best
+    control.marks = marks = image_dynamics(s, files, start)
     last, saved = None, start_epoch  # saved: the epoch last.pt holds
+    early = EarlyStopper(s, files, start_epoch)  # train.early_stop_*, on_epoch's stop
     try:
-        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-            row, test_eval = train_and_evaluate(s, epoch, dyn, control, position)
+        for epoch in early.epochs(start_epoch, cfg.train.epochs):
+            row, test_eval = train_and_evaluate(s, epoch, dyn, control, position, marks)
+            test_eval = early.after_epoch(row, test_eval)
+            if marks is not None:
+                marks.end_epoch()  # after evaluation: a stop during it keeps the whole epoch
             # Only train/val metrics reach the scheduler: the test set drives no decision.
             s.stepper.after_epoch({k: row[k] for k in ("train_loss", "val_loss", "val_acc")})
             best, last = update_best(best, row), row
             if main:
                 _record_epoch(s, files, row, best, dyn, test_eval, time.time() - t0,
-                              control.trigger)
+                              control.trigger, marks)
                 saved = epoch
             control.best = best
             control.epoch_saved()
             pace.epoch_done(row["seconds"], full=position is None)
             position = None
             if on_epoch is not None:
-                on_epoch(row)
+                early.request(on_epoch(row))
             control.at_boundary(epoch)
+            if early.stop:
+                break
     except TrainingError as e:
         if main:
             _record_stop(s, files, best, saved, time.time() - t0, str(e))
@@ -150,10 +169,38 @@ def _fit(s: Session, run_dir: Path, start: Progress, on_epoch: Callable[[dict], 
     if last is None:  # resumed a finished run
         rows = read_metrics(files.metrics)
         last = rows[-1] if rows else None
-    summary = session_summary(s, run_dir, "finished", best, last, time.time() - t0)
+    summary = early.mark(session_summary(s, run_dir, "finished", best, last, time.time() - t0))
     if main:
         write_json(files.summary, summary)
     return summary
+
+
+def train_index(s: Session) -> torch.Tensor:
+    """The training-split index of each training row (classlab.data.labels)."""
+    idx = s.splits.train_index
+    return idx if idx is not None else torch.arange(len(s.splits.train_x))
+
+
+def image_dynamics(s: Session, files: RunFiles, start: Progress) -> ImageDynamics | None:
+    """log.data_dynamics: the recorder, holding what the run recorded before ``start``
+    (data_dynamics.pt's epochs up to the checkpoint's, and a mid-epoch checkpoint's
+    partial epoch; on the main process, which alone writes the file)."""
+    if not s.cfg.log.data_dynamics:
+        return None
+    marks = ImageDynamics(len(s.data["train"][0]), s.device, s.dist)
+    if s.dist.main and start.epoch:
+        record = read_data_dynamics(files.data_dynamics)
+        marks.load_history(record, start.epoch)
+        if record is not None and record["margin"].shape[0] > start.epoch:  # rows past it
+            save_data_dynamics(files.data_dynamics, marks.record(train_index(s),
+                                                                 s.data["train"][1]))
+    if s.dist.main and start.position is not None:
+        try:
+            marks.load_partial(start.position.marks)
+        except ValueError as e:
+            raise CheckpointError(f"{files.midepoch}: {e}; delete it to resume from last.pt "
+                                  "instead") from None
+    return marks
 
 
 def _record_stop(s: Session, files: RunFiles, best: dict, saved: int, wall: float,
@@ -191,8 +238,8 @@ def _evaluate_epoch(s: Session, epoch: int) -> dict[str, EvalResult]:
 
 
 def train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None,
-                       control: StepControl,
-                       position: Position | None = None) -> tuple[dict, EvalResult]:
+                       control: StepControl, position: Position | None = None,
+                       marks: ImageDynamics | None = None) -> tuple[dict, EvalResult]:
     """One epoch of training (from ``position`` when it continues an interrupted one), then
     val and test evaluation: the epoch's metrics row, and the test evaluation."""
     cfg = s.cfg
@@ -206,7 +253,7 @@ def train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None,
     progress = cfg.train.progress and s.dist.main
     recipe = StepRecipe(s.optimizer, s.amp, cfg.train.label_smoothing, cfg.train.grad_clip, dyn)
     plan = EpochPlan(s.net, recipe, s.stepper, s.normalize, aug, cfg.train.batch_size, s.ema,
-                     s.dist, s.batch_source)
+                     s.dist, s.batch_source, margins=marks)
     start = EpochStart(epoch, (epoch - 1) * s.steps_per_epoch)
     if position is not None:
         start.done = position.step
@@ -224,19 +271,25 @@ def train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None,
 
 def _record_epoch(s: Session, files: RunFiles, row: dict, best: dict,
                   dyn: DynamicsLogger | None, test_eval: EvalResult, wall: float,
-                  trigger: SignalTrigger | None = None) -> None:
+                  trigger: SignalTrigger | None = None,
+                  marks: ImageDynamics | None = None) -> None:
     """The metrics row first, then the checkpoint. A crash in between leaves a row newer than
     the checkpoint; resume drops it and recomputes that epoch (identically), so no row is ever
     lost or duplicated. A failed write (disk full, quota, folder gone) is one line. A signal
     arriving meanwhile is only noted: the writes finish, then the run stops."""
     epoch = row["epoch"]
+    held = epoch - 1 if files.checkpoint.is_file() else 0  # what last.pt holds until replaced
     try:
         if dyn is not None:
             dyn.flush()
         append_metrics(files.metrics, row)
+        if marks is not None:  # before the checkpoint; resume drops its rows past last.pt
+            save_data_dynamics(files.data_dynamics, marks.record(train_index(s),
+                                                                 s.data["train"][1]))
         if trigger is not None:
             trigger.fire(epoch, "write")  # test-only: a signal as the checkpoint is written
         save_checkpoint(files.checkpoint, checkpoint_state(s, epoch, best))
+        held = epoch
         _print_epoch(row, {k: len(v[0]) for k, v in s.data.items()})
         write_json(files.summary, session_summary(s, files.root, "running", best, row, wall))
         if test_eval.preds is not None:
@@ -244,6 +297,7 @@ def _record_epoch(s: Session, files: RunFiles, row: dict, best: dict,
                               s.data["test"][1].cpu())
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
+        kept = f"last.pt keeps epoch {held}" if held else \
+            "no epoch finished yet"
         raise TrainingError(f"cannot write epoch {epoch} into {files.root}: "
-                            f"{e.strerror or e}{where}; last.pt keeps the last epoch fully "
-                            "written") from None
+                            f"{e.strerror or e}{where}; {kept}") from None

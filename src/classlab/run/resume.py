@@ -11,18 +11,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classlab import config
+from classlab.config import Config
+from classlab.config.schema import EXTENSIBLE_SCHEDULES, RESUME_MAY_CHANGE
 from classlab.data.record import make_record
 from classlab.run.control import Position, Progress
 from classlab.run.session import Session, build_run_session, restore
 from classlab.rundir import (
     DYNAMICS_FIELDS,
     METRIC_FIELDS,
+    RunDirError,
     RunFiles,
+    atomic_write_text,
     run_folder,
     write_json,
 )
 from classlab.rundir.checkpoint import CheckpointError, load_checkpoint
-from classlab.rundir.metrics import read_metrics, truncate_csv
+from classlab.rundir.history import append_event, read_events
+from classlab.rundir.metrics import read_metrics, read_rows, truncate_csv
 
 
 @dataclass
@@ -33,11 +38,18 @@ class Resumed:
     progress: Progress
 
 
-def resume_run(run_dir: Path, data_root: Path | None = None) -> Resumed:
+def resume_run(run_dir: Path, data_root: Path | None = None,
+               epochs: int | None = None) -> Resumed:
     """Rebuild the session of ``run_dir`` from its config.yaml and last.pt (from scratch when
     there is no last.pt yet), or from midepoch.pt when that one is further, and drop any
     metrics/dynamics rows written after that checkpoint. The data comes from ``data_root``,
     else from where data.json says (see :func:`~classlab.run.session.build_run_session`).
+
+    config.yaml must still describe the checkpoint's run: a change of any key outside
+    :data:`~classlab.config.schema.RESUME_MAY_CHANGE` is refused with one line listing each
+    key and both values, before anything is written; allowed changes are recorded in
+    history.jsonl. ``epochs``: train until that many epochs (``--epochs``), where the
+    schedule allows it exactly (:func:`extend`).
 
     The progress holds the last finished epoch, the best-so-far, the wall seconds so far
     and, from a mid-epoch checkpoint, where the interrupted epoch continues.
@@ -46,13 +58,23 @@ def resume_run(run_dir: Path, data_root: Path | None = None) -> Resumed:
     cfg = config.load(files.config)
     state = load_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
     mid = _midepoch(files, state)
+    _check_cut_row(files, mid if mid is not None else state)
+    changed = check_config(files, cfg, mid if mid is not None else state, epochs)
+    if epochs is not None:
+        cfg = extend(files, cfg, epochs, done=int(state["epoch"]) if state else 0)
+    if changed:
+        print(f"{run_dir}: resumed with changed settings: "
+              + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
+        append_event(files.history, {"event": "resumed with changed settings",
+                                     "changed": {k: list(v) for k, v in changed.items()}})
     # re-recorded: a run from before data.json, a prepared grid point, or data found (and
     # checked) at a new place, so that the next command finds it without --data-dir
     record_now = data_root is not None or not files.data_record.exists()
     s = build_run_session(run_dir, cfg, data_root)
     position = _position(files, mid, s.steps_per_epoch) if mid is not None else None
     state = mid if position is not None else state
-    epoch, best = restore(s, state) if state is not None else (0, {})
+    held = files.midepoch if position is not None else files.checkpoint
+    epoch, best = restore(s, state, held) if state is not None else (0, {})
     done_steps = epoch * s.steps_per_epoch + (position.step if position else 0)
     if s.dist.main:
         _drop_after(files, epoch, done_steps, keep_midepoch=position is not None)
@@ -61,6 +83,28 @@ def resume_run(run_dir: Path, data_root: Path | None = None) -> Resumed:
     rows = read_metrics(files.metrics) if epoch else []
     wall = sum(r["seconds"] for r in rows) + (position.seconds if position else 0)
     return Resumed(s, Progress(epoch, best, wall, position))
+
+
+def _check_cut_row(files: RunFiles, state: dict | None) -> None:
+    """A metrics.csv line cut off (a crash or a full disk while it was written) is dropped
+    by the resume. When the checkpoint is older than that epoch, the epoch is trained again
+    and its row rewritten, identically: a note says so. When the checkpoint already holds
+    that epoch its row cannot be recomputed, and dropping it would lose it for good: a
+    one-line RunDirError, before anything is written, says how to go on."""
+    rows, bad = read_rows(files.metrics)
+    if bad is None:
+        return
+    held = int(state["epoch"]) if state is not None else 0
+    epoch = len(rows) + 1  # rows are epochs 1, 2, ... in order: the cut one comes next
+    if epoch <= held:
+        raise RunDirError(f"{files.metrics}: line {bad[0]} (epoch {epoch}) is incomplete "
+                          f"({bad[1]}), and the checkpoint already holds epoch {held}, so it "
+                          "cannot be recomputed; repair the line (summary.json's \"final\" "
+                          "holds the last epoch's losses and accuracies), or delete it to "
+                          "resume without that row")
+    print(f"note: {files.metrics}: line {bad[0]} is incomplete ({bad[1]}); dropped: epoch "
+          f"{epoch} is trained again from the checkpoint (epoch {held}) and its row "
+          "rewritten", flush=True)
 
 
 def _midepoch(files: RunFiles, last: dict | None) -> dict | None:
@@ -100,3 +144,96 @@ def _drop_after(files: RunFiles, epoch: int, steps: int, keep_midepoch: bool = F
         files.midepoch.unlink(missing_ok=True)
     truncate_csv(files.metrics, lambda r: int(r["epoch"]) <= epoch, METRIC_FIELDS)
     truncate_csv(files.dynamics, lambda r: int(r["step"]) < steps, DYNAMICS_FIELDS)
+
+
+# --------------------------------------------------------------------------- one config
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+
+
+def check_config(files: RunFiles, cfg: Config, state: dict | None,
+                 epochs: int | None = None) -> dict[str, tuple]:
+    """The keys whose value in config.yaml differs from the checkpoint's config and may
+    (``key -> (checkpoint value, config.yaml value)``). Any other difference is a ConfigError
+    listing every such key with both values: the checkpoint was trained with the old values,
+    so continuing with the new ones would be neither run. ``train.epochs`` may differ only
+    as far as ``--epochs`` extended the run (history.jsonl) or is extending it now
+    (``epochs``)."""
+    if state is None or not isinstance(state.get("config"), dict):
+        return {}
+    try:
+        before = _flat(config.to_dict(config.from_dict(state["config"])))
+    except config.ConfigError:
+        return {}  # a checkpoint of an older classlab: nothing to compare it with
+    now = _flat(config.to_dict(cfg))
+    diff = {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k)}
+    extended = [e.get("to") for e in read_events(files.history) if e.get("event") == "extended"]
+    if "train.epochs" in diff and diff["train.epochs"][1] in [*extended, epochs]:
+        # --epochs wrote it (the checkpoint predates the extension), or asks for it now
+        # (then extend() checks and records it, from the checkpoint's length)
+        trained_for, _ = diff.pop("train.epochs")
+        if epochs is not None:
+            cfg.train.epochs = trained_for
+    refused = {k: v for k, v in diff.items() if not _may_change(k)}
+    if refused:
+        what = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} in config.yaml"
+                         for k, (a, b) in refused.items())
+        hint = (f"; to train longer: classlab train --resume {files.root} --epochs "
+                f"{refused['train.epochs'][1]}" if set(refused) == {"train.epochs"} else "")
+        raise config.ConfigError(f"{files.config} no longer describes the run its checkpoint "
+                                 f"holds ({what}); put the old values back to resume, or start "
+                                 f"a new run{hint}")
+    return diff
+
+
+# --------------------------------------------------------------------------- longer runs
+
+
+def extend(files: RunFiles, cfg: Config, epochs: int, done: int) -> Config:
+    """``cfg`` with ``train.epochs = epochs``, written to config.yaml and recorded in
+    history.jsonl, when the run can be extended exactly: its LR schedule (and Lookahead)
+    does not depend on the run's length, so the extended run equals one trained that long
+    from the start. Otherwise a ConfigError that says why and offers a new run that starts
+    from this run's weights (``train.init_from``)."""
+    if epochs < max(done, 1):
+        raise config.ConfigError(f"--epochs: {epochs} is fewer than the {done} epochs "
+                                 f"{files.root} has trained")
+    if epochs == cfg.train.epochs:
+        return cfg
+    why = None
+    if done == 0:  # nothing trained yet: a longer run is simply the run
+        pass
+    elif cfg.sched.name not in EXTENSIBLE_SCHEDULES:
+        why = (f"sched.name={cfg.sched.name}: its LR at each step depends on train.epochs, "
+               "so a longer run is a different run from the first step")
+    elif cfg.optim.lookahead_every > 0:
+        why = ("optim.lookahead_every: Lookahead's pull-back strength depends on train.epochs, "
+               "so a longer run is a different run from the first step")
+    if why is not None:
+        raise config.ConfigError(
+            f"{files.root} cannot be extended exactly: {why}. Start a new run from its "
+            f"weights instead: classlab train {files.config} train.epochs={epochs} "
+            f"train.init_from={files.root}")
+    before = cfg.train.epochs
+    cfg = config.from_dict({**config.to_dict(cfg),
+                            "train": {**config.to_dict(cfg)["train"], "epochs": epochs}})
+    append_event(files.history, {"event": "extended", "from": before, "to": epochs,
+                                 "after_epoch": done})
+    atomic_write_text(files.config, config.dump(cfg))
+    print(f"{files.root}: extended from {before} to {epochs} epochs (history.jsonl)",
+          flush=True)
+    return cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from classlab.engine.probe import TrainSample
 from classlab.models import build_model, count_params
 from classlab.optim import Lookahead, Stepper, build_optimizer, build_scheduler
 from classlab.rundir import RunDirError, RunFiles, read_json
-from classlab.rundir.checkpoint import CheckpointError, load_checkpoint
+from classlab.rundir.checkpoint import CheckpointError, check_weights_fit, load_checkpoint
 
 
 def default_threads() -> int:
@@ -57,13 +58,36 @@ def default_threads() -> int:
     return max(1, cores // max(1, local))
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+_LOWERED: set[int] = set()  # train.threads values already reported as lowered
+
+
+def usable_threads(n: int) -> int:
+    """``train.threads: n``, at most the CPUs this process may run on (its affinity): more
+    threads than CPUs only contend. Lowered with a note on stderr (once per value)."""
+    cpus = _cpus()
+    if n <= cpus:
+        return n
+    if n not in _LOWERED:
+        _LOWERED.add(n)
+        print(f"note: train.threads={n} but this process may use {cpus} CPU"
+              f"{'s' if cpus > 1 else ''}: using {cpus}", file=sys.stderr, flush=True)
+    return cpus
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the body with ``n`` torch CPU threads (0: :func:`default_threads`), and put the
     previous number back afterwards: ``train.threads`` of one run must not change the
     process for whatever runs next (a notebook's next cell, the next test)."""
     before = torch.get_num_threads()
-    n = n or default_threads()
+    n = usable_threads(n) if n else default_threads()
     if n != before:
         torch.set_num_threads(n)
     try:
@@ -121,7 +145,8 @@ class Session:
 
 
 def build_session(cfg: Config, data_root: Path | None = None,
-                  splits: Splits | None = None, speed: dict | None = None) -> Session:
+                  splits: Splits | None = None, speed: dict | None = None,
+                  resumed: bool = False) -> Session:
     """Load data, build model/optimizer/scheduler on the chosen device (no files written).
 
     Under torchrun, joins the process group first; every rank builds the same session.
@@ -129,16 +154,18 @@ def build_session(cfg: Config, data_root: Path | None = None,
     leaves the process's setting as it found it. ``speed``: a run folder's recorded
     :class:`~classlab.engine.precision.Speed` (as a dict), kept where the config still allows
     it; otherwise ``auto`` precision / memory format are measured
-    (:mod:`classlab.engine.precision`)."""
+    (:mod:`classlab.engine.precision`). A new run (not ``resumed``: its checkpoint will
+    replace the weights) starts from ``train.init_from``'s weights when that is set."""
     with torch_threads(cfg.train.threads):
-        return _build(cfg, data_root, splits, speed)
+        return _build(cfg, data_root, splits, speed, resumed)
 
 
 def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
-           recorded: dict | None) -> Session:
+           recorded: dict | None, resumed: bool) -> Session:
     dist, rank_device = init_distributed(cfg.train.device)
     device = rank_device or resolve_device(cfg.train.device)
     splits = splits if splits is not None else load_splits(cfg.data, data_root)
+    check_batch_size(cfg, len(splits.train_x))
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, num_classes=len(splits.classes)).to(device)
     if hasattr(model, "init_from_data"):
@@ -147,6 +174,8 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
         layout = cfg.train.channels_last is True  # the measured layout is not known yet
         init = Normalizer(splits.mean, splits.std, device, layout)
         model.init_from_data(init(splits.train_x[:5000].to(device)))
+    if cfg.train.init_from and not resumed:
+        load_weights_from(model, cfg.train.init_from)
     params = count_params(model)
     data = {
         "train": (splits.train_x.to(device), splits.train_y.to(device)),
@@ -179,6 +208,37 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
     return Session(cfg, device, splits, model, optimizer, stepper, amp, normalize, speed,
                    data, params, steps, ema, net, dist, batch_source=source, lookahead=lookahead,
                    data_root=data_root)
+
+
+def load_weights_from(model: nn.Module, source: str) -> None:
+    """``train.init_from``: the weights that count of the run folder ``source`` (its EMA
+    copy when it kept one) into ``model``; a run of another architecture or class count is a
+    one-line ConfigError naming the first tensors that differ."""
+    path = RunFiles(source).checkpoint
+    if not path.is_file():
+        raise config.ConfigError(f"train.init_from: {source!r} is not a run folder with a "
+                                 "checkpoint (no last.pt)")
+    state = load_checkpoint(path)
+    weights = state["ema"] if isinstance(state.get("ema"), dict) else state["model"]
+    mine = model.state_dict()
+    differ = [f"{k}: {tuple(v.shape)} there, {tuple(mine[k].shape)} here" for k, v in
+              weights.items() if k in mine and tuple(v.shape) != tuple(mine[k].shape)]
+    differ += [f"{k}: missing there" for k in mine if k not in weights]
+    differ += [f"{k}: not in this model" for k in weights if k not in mine]
+    if differ:
+        raise config.ConfigError(f"train.init_from: {source}'s weights do not fit this model "
+                                 f"({'; '.join(differ[:3])}"
+                                 f"{f'; {len(differ) - 3} more' if len(differ) > 3 else ''})")
+    model.load_state_dict(weights)
+
+
+def check_batch_size(cfg: Config, train_images: int) -> None:
+    """A batch larger than the training set cannot be drawn (and a huge one would first ask
+    the allocator for it): one-line ConfigError, before anything is allocated or written."""
+    if train_images and cfg.train.batch_size > train_images:
+        raise config.ConfigError(f"train.batch_size: {cfg.train.batch_size:,} is larger than "
+                                 f"the training set ({train_images:,} images); must be ≤ "
+                                 f"{train_images:,}")
 
 
 def _wrap(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn.Module:
@@ -216,18 +276,57 @@ def checkpoint_state(s: Session, epoch: int, best: dict) -> dict:
     }
 
 
-def restore(s: Session, state: dict) -> tuple[int, dict]:
-    """Load a checkpoint into the session; returns (last finished epoch, best-so-far)."""
-    s.model.load_state_dict(state["model"])
-    s.optimizer.load_state_dict(state["optimizer"])
-    s.stepper.load_state_dict(state["scheduler"])
-    s.amp.scaler.load_state_dict(state["scaler"])
-    if s.ema is not None:
-        s.ema.model.load_state_dict(state["ema"])
-    if s.lookahead is not None:
-        s.lookahead.load_state_dict(state["lookahead"])
-    set_rng_state(state["rng"])
+def restore(s: Session, state: dict, path: Path | str = "the checkpoint") -> tuple[int, dict]:
+    """Load a checkpoint (read from ``path``) into the session; returns (last finished
+    epoch, best-so-far). A checkpoint of another network, or whose optimizer / scheduler
+    state does not fit this run's, is a one-line CheckpointError before anything changes."""
+    check_weights_fit(path, s.model.state_dict(), state["model"], "the run's model "
+                      f"({describe_model(s.cfg)})")
+    try:
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.stepper.load_state_dict(state["scheduler"])
+        s.amp.scaler.load_state_dict(state["scaler"])
+        if s.ema is not None:
+            s.ema.model.load_state_dict(state["ema"])
+        if s.lookahead is not None:
+            s.lookahead.load_state_dict(state["lookahead"])
+        set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: does not fit this run's training state ({what})") \
+            from None
     return int(state["epoch"]), dict(state["best"])
+
+
+def describe_model(cfg: Config) -> str:
+    """The model of ``cfg`` in words, for messages: ``resnet18/bn, width 64``."""
+    return f"{cfg.model.name}/{cfg.model.norm}, width {cfg.model.width}"
+
+
+def check_fits_run(run_dir: Path, state: dict) -> None:
+    """The checkpoint ``state`` of ``run_dir`` holds the network config.yaml describes: a
+    last.pt copied from another run would otherwise be evaluated and diagnosed under this
+    run's name. One-line CheckpointError naming the tensors that differ (on the meta device:
+    nothing is allocated, no data loaded). A folder without config.yaml is not checked."""
+    files = RunFiles(run_dir)
+    if not files.config.is_file():
+        return
+    cfg = config.load(files.config)
+    with torch.device("meta"):
+        model = build_model(cfg.model, num_classes=len(state.get("classes") or range(10)))
+    check_weights_fit(files.checkpoint, model.state_dict(), state["model"],
+                      f"the run's model (config.yaml: {describe_model(cfg)})")
+
+
+def with_device(cfg: Config, device: str) -> Config:
+    """``cfg`` on ``device`` (``--device``), checked as ``train.device`` is."""
+    raw = config.to_dict(cfg)
+    raw["train"]["device"] = device
+    try:
+        return config.from_dict(raw)
+    except config.ConfigError as e:
+        raise config.ConfigError(str(e).replace("train.device", "--device", 1)) from None
 
 
 def read_data_record(files: RunFiles) -> dict | None:
@@ -253,7 +352,10 @@ def build_run_session(run_dir: Path, cfg: Config, data_root: Path | None = None)
     ones recorded there (a one-line DataError otherwise, before anything is loaded)."""
     files = RunFiles(run_dir)
     root = check_record(read_data_record(files), cfg.data, data_root, str(files.data_record))
-    return build_session(cfg, root, speed=recorded_speed(files))
+    # the images the run left out as it recorded them (data.exclude's file may have moved)
+    splits = (load_splits(cfg.data, root, exclude_file=files.excluded)
+              if cfg.data.exclude and files.excluded.is_file() else None)
+    return build_session(cfg, root, splits=splits, speed=recorded_speed(files), resumed=True)
 
 
 def recorded_speed(files: RunFiles) -> dict | None:
@@ -273,7 +375,8 @@ def session_from_run(run_dir: Path, data_root: Path | None = None,
     state = load_checkpoint(RunFiles(run_dir).checkpoint)
     cfg = config.from_dict(state["config"])
     if device is not None:
-        cfg.train.device = device
+        cfg = with_device(cfg, device)
+    check_fits_run(run_dir, state)
     s = build_run_session(run_dir, cfg, data_root)
     s.model.load_state_dict(state["model"])
     if s.ema is not None:  # Session.eval_model evaluates it

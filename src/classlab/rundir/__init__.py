@@ -8,8 +8,10 @@ API can read a run folder's files without importing torch."""
 
 from classlab.rundir.files import (
     RunDirError,
+    all_or_nothing,
     atomic_write_bytes,
     atomic_write_text,
+    make_folder,
     make_run_dir,
     read_json,
     run_folder,
@@ -26,6 +28,7 @@ from classlab.rundir.layout import (
 
 __all__ = [
     "DYNAMICS_FIELDS", "METRIC_FIELDS", "PREDICTION_FIELDS", "GridFiles", "RunDirError",
-    "RunFiles", "atomic_write_bytes", "atomic_write_text", "make_run_dir", "read_json",
+    "RunFiles", "all_or_nothing", "atomic_write_bytes", "atomic_write_text", "make_folder",
+    "make_run_dir", "read_json",
     "run_folder", "save_figure", "write_json",
 ]

@@ -57,6 +57,30 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
+def weight_differences(expected: dict, got: dict) -> list[str]:
+    """What keeps ``got`` (a checkpoint's state dict) from loading into a model whose state
+    dict is ``expected``: tensors of another shape, missing or unknown, one phrase each
+    (``linear.weight: [10, 64] in the checkpoint, [10, 32] in the model``)."""
+    def shape(t: torch.Tensor) -> str:
+        return str(list(t.shape))
+
+    out = [f"{k}: {shape(v)} in the checkpoint, {shape(expected[k])} in the model"
+           for k, v in got.items() if k in expected and v.shape != expected[k].shape]
+    out += [f"{k}: missing from the checkpoint" for k in expected if k not in got]
+    out += [f"{k}: not in the model" for k in got if k not in expected]
+    return out
+
+
+def check_weights_fit(path: Path, expected: dict, got: dict, model: str) -> None:
+    """One-line CheckpointError when the checkpoint ``path``'s weights ``got`` do not fit
+    ``model`` (described in words), whose state dict is ``expected``."""
+    differ = weight_differences(expected, got)
+    if differ:
+        more = f"; {len(differ) - 2} more" if len(differ) > 2 else ""
+        raise CheckpointError(f"{path}: does not fit {model} ({'; '.join(differ[:2])}{more}); "
+                              "it holds another run's network")
+
+
 def save_test_outputs(path: Path, epoch: int, probs: torch.Tensor, losses: torch.Tensor,
                       labels: torch.Tensor) -> None:
     """Per-image test outputs of the checkpoint of ``epoch``: probs [N,K] float32 softmax,

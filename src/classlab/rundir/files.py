@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import errno
 import io
 import json
 import os
+import secrets
+import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,14 +58,107 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _journal_file(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # write()/fsync() name no file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
+
+
+# --------------------------------------------------------------------------- all or nothing
+# The files a command writes (diagnose, report, compare) appear together or not at all: inside
+# ``all_or_nothing()`` every atomic write first keeps the file it replaces (a hard link: no
+# space needed) and every folder made is noted; if the block raises (disk full, Ctrl-C, any
+# error) each written file is put back as it was, new files and folders are removed, so the
+# previous complete output stays. Readers inside the block see the new files at once.
+
+_JOURNAL: contextvars.ContextVar[list | None] = contextvars.ContextVar("classlab_journal",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Every file written (atomically) and folder made (:func:`make_folder`) in the body is
+    kept only if the body finishes; otherwise the previous files are put back. Nested blocks
+    belong to the outermost one."""
+    if _JOURNAL.get() is not None:
+        yield
+        return
+    journal: list[tuple[str, Path, Path | None]] = []
+    token = _JOURNAL.set(journal)
+    try:
+        yield
+    except BaseException:
+        _roll_back(journal)
+        raise
+    else:
+        for kind, _, backup in journal:
+            if kind == "file" and backup is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
+    finally:
+        _JOURNAL.reset(token)
+
+
+def _journal_file(path: Path) -> None:
+    """Inside all_or_nothing: keep the file ``path`` holds now (once per path) before it is
+    replaced."""
+    journal = _JOURNAL.get()
+    if journal is None or any(p == path for kind, p, _ in journal if kind == "file"):
+        return
+    backup = None
+    if path.is_file():
+        backup = _keep_copy(path)
+    journal.append(("file", path, backup))
+
+
+def _keep_copy(path: Path) -> Path:
+    for _ in range(100):
+        backup = path.with_name(f".{path.name}.{secrets.token_hex(4)}.bak")
+        try:
+            os.link(path, backup)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError as e:  # no hard links here (some network / FAT file systems): copy
+            if e.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP,
+                               errno.EMLINK):
+                raise
+            shutil.copy2(path, backup)
+            return backup
+    raise FileExistsError(errno.EEXIST, "no free backup name", str(path))
+
+
+def _roll_back(journal: list[tuple[str, Path, Path | None]]) -> None:
+    for kind, path, backup in reversed(journal):
+        with contextlib.suppress(OSError):
+            if kind == "dir":
+                path.rmdir()  # only when empty: files not written here stay
+            elif backup is not None:
+                os.replace(backup, path)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def make_folder(path: Path) -> Path:
+    """``mkdir -p``; inside :func:`all_or_nothing` the folders it made are removed again when
+    the block fails."""
+    path = Path(path)
+    made = []
+    for folder in [*reversed(path.parents), path]:
+        if not folder.exists():
+            folder.mkdir(exist_ok=True)
+            made.append(folder)
+    journal = _JOURNAL.get()
+    if journal is not None:
+        journal += [("dir", folder, None) for folder in made]
+    return path
 
 
 def _umask() -> int:
@@ -117,6 +216,44 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == PNG_MAGIC
+    except OSError:
+        return False
+
+
+def check_output_file(path: Path, option: str, *, suffix: str, force: bool = False,
+                      ours: Callable[[Path], bool] = is_png, what: str = "PNG") -> Path:
+    """``path`` when a command may write it (``option`` names where it came from, e.g.
+    ``--plot``), else a one-line RunDirError: the name must end in ``suffix``; it must not
+    be a folder, nor lie under a file; an existing file is replaced only when ``ours`` says
+    it is what the command writes (a PNG), or with ``force``. Checked before any work, so
+    a typo never costs a run, nor overwrites a file of the user's (a checkpoint, a CSV)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{option} {path}: is a folder; give a file name, e.g. "
+                          f"{path / ('plot' + suffix)}")
+    if path.suffix.lower() != suffix:
+        raise RunDirError(f"{option} {path}: the file name must end in {suffix}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise RunDirError(f"{option} {path}: exists and is not a regular file")
+        if not force and not ours(path):
+            raise RunDirError(f"{option} {path}: exists and is not a {what}; give another "
+                              "file name, or --force to replace it")
+    return path
 
 
 def make_run_dir(out: Path, name: str) -> Path:

@@ -5,13 +5,15 @@ through :class:`RunFiles` / :class:`GridFiles`, never through a string of their 
 
     runs/<name>-<YYYYmmdd-HHMMSS>/
         config.yaml  data.json  metrics.csv  dynamics.csv  summary.json  last.pt
-        midepoch.pt  test_outputs.pt
+        midepoch.pt  test_outputs.pt  data_dynamics.pt  label_issues.csv  label_noise.csv
+        excluded.csv
         predictions.csv  report.md  report.html  train.log  tensorboard/
         diagnose/  curves.png mistakes.png per_class.{csv,png} confusion.{csv,png}
                    confused_pairs.csv cam_mistakes.png cam_pred_vs_true.png
                    dyn_update_ratio.png dyn_grad_norms.png dyn_lr.png diagnose.json
                    reliability.png confidence_hist.png faithfulness.{csv,png}
-                   sanity.{csv,png} sanity_maps.png cam_methods.png
+                   sanity.{csv,png} sanity_maps.png cam_methods.png train_dynamics.csv
+                   label_issues_{train,test}.png data_map.png data_map_examples.png
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"
 DYNAMICS_FIELDS = ["step", "epoch", "layer", "metric", "value"]
 # predictions.csv: one row per test image
 PREDICTION_FIELDS = ["index", "true", "pred", "confidence", "loss", "true_name", "pred_name"]
+# label_issues.csv: one row per suspected label error. index: the training-split index
+# (split=train) or the test-set index (split=test); score: how strongly the label is doubted
+# (train: -AUM in logits; test: p(suggested) - p(given)), higher first
+LABEL_ISSUE_FIELDS = ["split", "index", "given", "suggested", "score", "given_name",
+                      "suggested_name"]
+# label_noise.csv: one row per training-split image whose label data.label_noise changed
+LABEL_NOISE_FIELDS = ["index", "true", "given"]
+# diagnose/train_dynamics.csv: one row per training image (data_dynamics.pt summarised)
+TRAIN_DYNAMICS_FIELDS = ["index", "label", "aum", "confidence", "variability", "correctness",
+                         "forgetting", "region", "flagged"]
 
 
 class RunFiles:
@@ -43,11 +55,22 @@ class RunFiles:
         self.midepoch = r / "midepoch.pt"
         self.data_record = r / "data.json"  # where the data was, and its files' MD5s
         self.test_outputs = r / "test_outputs.pt"  # per-image test probs/losses, last epoch
+        # per training image and epoch: margin, probability of the label, rival class, right
+        # (log.data_dynamics; classlab.rundir.datadyn), rewritten after every epoch
+        self.data_dynamics = r / "data_dynamics.pt"
+        self.label_issues = r / "label_issues.csv"  # LABEL_ISSUE_FIELDS: suspected errors
+        self.label_noise = r / "label_noise.csv"  # LABEL_NOISE_FIELDS: injected noise
+        self.excluded = r / "excluded.csv"  # training-split indices left out (data.exclude)
         self.predictions = r / "predictions.csv"  # PREDICTION_FIELDS
         self.report_md = r / "report.md"
         self.report_html = r / "report.html"  # self-contained
         self.train_log = r / "train.log"  # a grid point's output, when run in a child
         self.tensorboard = r / "tensorboard"  # event files (log.tensorboard)
+        # flock'd by the one process writing the folder; says who (classlab.rundir.lock)
+        self.lock = r / ".lock"
+        # one JSON line per event in the folder's life: resumed with changed settings,
+        # extended to more epochs (classlab.run.resume)
+        self.history = r / "history.jsonl"
         d = self.diagnose = r / "diagnose"
         self.diagnose_json = d / "diagnose.json"
         self.curves = d / "curves.png"
@@ -70,6 +93,12 @@ class RunFiles:
         self.dyn_update_ratio = d / "dyn_update_ratio.png"
         self.dyn_grad_norms = d / "dyn_grad_norms.png"
         self.dyn_lr = d / "dyn_lr.png"
+        # "Is it the data?" (classlab.diagnose.dataissues)
+        self.train_dynamics_csv = d / "train_dynamics.csv"  # TRAIN_DYNAMICS_FIELDS
+        self.label_issues_train = d / "label_issues_train.png"
+        self.label_issues_test = d / "label_issues_test.png"
+        self.data_map = d / "data_map.png"
+        self.data_map_examples = d / "data_map_examples.png"
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the run folder, as the report and diagnose.json link it."""

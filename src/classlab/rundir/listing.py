@@ -8,10 +8,10 @@ from pathlib import Path
 from classlab import config
 from classlab.config import ConfigError
 from classlab.fmt import MISSING, duration, pct, text_table
-from classlab.rundir.files import is_run_folder
+from classlab.rundir.files import RunDirError, is_run_folder
 from classlab.rundir.layout import GridFiles, RunFiles
 from classlab.rundir.metrics import read_metrics
-from classlab.rundir.summary import read_summary, run_state
+from classlab.rundir.summary import load_summary, run_state, stopped_early
 
 HEADER = ["run", "status", "epochs", "final test", "best by val", "wall"]
 
@@ -33,6 +33,9 @@ def _status(summary: dict | None) -> str:
     state = run_state(summary)
     if state == "interrupted":
         return f"stopped ({(summary.get('interrupted') or {}).get('signal', '?')})"
+    early = stopped_early(summary)
+    if state == "finished" and early is not None:
+        return "finished (pruned)" if early.get("by") == "pruner" else "finished (early stop)"
     return state
 
 
@@ -46,7 +49,11 @@ def _configured_epochs(files: RunFiles) -> int | str:
 def describe(run_dir: Path) -> list[str]:
     """One row of :data:`HEADER` for ``run_dir``."""
     files = RunFiles(run_dir)
-    s = read_summary(files.summary) or {}
+    try:
+        s = load_summary(files.summary) or {}
+    except RunDirError:  # listed as what it is, never as a run that did not start
+        return [str(run_dir), "damaged summary.json", f"?/{_configured_epochs(files)}",
+                MISSING, MISSING, MISSING]
     done = s.get("epochs_done")
     if done is None:  # no summary: count the metrics rows
         done = len(read_metrics(files.metrics))

@@ -27,15 +27,56 @@ def append_metrics(path: Path, row: dict) -> None:
         os.fsync(f.fileno())  # the row must survive a power cut as well as its checkpoint
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.csv rows: ``epoch`` an int, the rest floats (an empty cell is NaN); [] when
-    there is no file yet."""
+def read_rows(path: Path) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
+    """The complete rows of a CSV written row by row (metrics.csv, dynamics.csv), as text,
+    and the first incomplete line as (line number, why), or None. A row is complete when it
+    has a cell for every column of the header and ends with a line break: a line cut off by
+    a crash or a full disk lacks one or both (``10.5`` where ``10.56`` was being written).
+    Quoted cells may hold commas, quotes and line breaks."""
     path = Path(path)
     if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else (float(v) if v else float("nan")))
-                 for k, v in r.items()} for r in csv.DictReader(f)]
+        return [], None
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, dict[str, str]]] = []
+    bad = None
+    try:
+        header = next(reader, [])
+        for cells in reader:
+            if not cells:
+                continue  # a blank line
+            if len(cells) != len(header):
+                bad = bad or (reader.line_num, f"{len(cells)} of {len(header)} cells")
+                continue
+            rows.append((reader.line_num, dict(zip(header, cells))))
+    except csv.Error:  # a stray NUL or carriage return: the rest is not CSV
+        bad = bad or (reader.line_num, "not CSV")
+    if rows and not text.endswith("\n") and rows[-1][0] == reader.line_num:
+        bad = (rows.pop()[0], "cut off: no line break at its end")
+    return [r for _, r in rows], bad
+
+
+def _metrics_row(r: dict[str, str]) -> dict:
+    return {k: (int(r[k]) if k == "epoch" else (float(r[k]) if r[k] else float("nan")))
+            for k in METRIC_FIELDS}
+
+
+def read_metrics(path: Path, problems: list[str] | None = None) -> list[dict]:
+    """metrics.csv rows: ``epoch`` an int, the rest floats (an empty cell is NaN); [] when
+    there is no file yet. Only complete rows (see :func:`read_rows`) whose cells are numbers
+    count; ``problems`` (when given) gets one line per file naming the first one skipped."""
+    path = Path(path)
+    rows, bad = read_rows(path)
+    out = []
+    for r in rows:
+        try:
+            out.append(_metrics_row(r))
+        except (KeyError, ValueError):
+            bad = bad or (0, "not a metrics row")
+    if bad is not None and problems is not None:
+        line = f" line {bad[0]}" if bad[0] else " a row"
+        problems.append(f"{path}:{line} is incomplete ({bad[1]}); not used")
+    return out
 
 
 def truncate_csv(path: Path, keep: Callable[[dict], bool], fields: list[str]) -> None:
@@ -46,15 +87,12 @@ def truncate_csv(path: Path, keep: Callable[[dict], bool], fields: list[str]) ->
     if not path.exists():
         return
     rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            if None in r.values() or None in r:
-                continue  # a cut-off line
-            try:
-                if keep(r):
-                    rows.append(r)
-            except ValueError:
-                continue
+    for r in read_rows(path)[0]:  # complete rows only: a cut-off line is dropped
+        try:
+            if keep(r):
+                rows.append(r)
+        except (KeyError, ValueError):
+            continue
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     w.writeheader()

@@ -59,10 +59,14 @@ from classlab.engine import (
     train_step,
 )
 from classlab.rundir import save_figure
+from classlab.rundir.files import check_output_file
 
 __all__ = ["LRFindResult", "lr_find", "lr_range_test", "main_lr_find", "suggest_steepest",
            "suggest_valley", "sweep"]
 
+
+MAX_LR = 1e6  # the largest end_lr
+CSV_HEADER = "step,lr,loss,smoothed"  # the per-step values written next to the plot
 
 # --------------------------------------------------------------------------- result
 
@@ -104,7 +108,7 @@ class LRFindResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["step", "lr", "loss", "smoothed"])
+            w.writerow(CSV_HEADER.split(","))
             for i, (lr, lo, sm) in enumerate(zip(self.lrs, self.losses, self.smoothed)):
                 w.writerow([i, f"{lr:.6g}", f"{lo:.6g}", f"{sm:.6g}"])
         return path
@@ -243,6 +247,8 @@ def _check_args(start_lr: float, end_lr: float, steps: int, smooth: float,
     if not (start_lr > 0 and end_lr > start_lr and math.isfinite(end_lr)):
         raise ConfigError(f"lr-find: need 0 < start_lr < end_lr, got start_lr={start_lr:g}, "
                           f"end_lr={end_lr:g}")
+    if end_lr > MAX_LR:  # far past any divergence; beyond float32 it cannot even be set
+        raise ConfigError(f"lr-find: end_lr={end_lr:g} is out of range; must be ≤ {MAX_LR:g}")
     if steps < 2:
         raise ConfigError(f"lr-find: steps={steps} is out of range; must be ≥ 2")
     if not 0 <= smooth < 1:
@@ -403,13 +409,27 @@ def lr_find(session: Any, **kw: Any) -> LRFindResult:
             s.lookahead.active = True
 
 
+def _is_ours(path: Path) -> bool:
+    """A CSV this command wrote (its header), which another lr-find may replace."""
+    try:
+        with open(path, "rb") as f:
+            return f.readline().strip() == CSV_HEADER.encode()
+    except OSError:
+        return False
+
+
 def main_lr_find(cfg: Any, data_dir: Path | None, *, steps: int = 200, start_lr: float = 1e-7,
-                 end_lr: float = 10.0, plot: Path = Path("lr_find.png")) -> int:
+                 end_lr: float = 10.0, plot: Path = Path("lr_find.png"),
+                 force: bool = False) -> int:
     """``classlab lr-find``: build the session, run the test, write the plot and a CSV
-    next to it (same name, ``.csv``), print the suggestion."""
+    next to it (same name, ``.csv``), print the suggestion. Neither may replace a file this
+    command did not write (unless ``force``)."""
     from classlab.run.session import build_session, torch_threads
 
     _check_args(start_lr, end_lr, steps, 0.98, 4.0)  # before the data is loaded
+    plot = check_output_file(plot, "--plot", suffix=".png", force=force)
+    check_output_file(plot.with_suffix(".csv"), f"--plot {plot}: its table", suffix=".csv",
+                      force=force, ours=_is_ours, what="table lr-find wrote")
     with torch_threads(cfg.train.threads):
         return _main(build_session(cfg, data_dir), steps=steps, start_lr=start_lr,
                      end_lr=end_lr, plot=plot)

@@ -14,10 +14,14 @@ from classlab.data import default_data_dir
 from classlab.data.imagefolder import count_images
 from classlab.engine import steps_per_epoch
 from classlab.optim import build_optimizer, build_scheduler, current_lr, current_momentum
-from classlab.rundir import save_figure
+from classlab.rundir import make_folder, save_figure
+from classlab.rundir.files import check_output_file
 
 # Training-set sizes of the releases (before the validation split)
 RELEASE_TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
+# The most optimizer steps traced (and printed, and plotted): 1,000 epochs of CIFAR-10 at
+# batch 50 are 1,000,000; tracing them takes about a minute.
+MAX_STEPS = 1_000_000
 
 
 def train_images(cfg: Config, data_root: Path | None = None) -> int:
@@ -77,9 +81,26 @@ def _plot(rows, path: Path, title: str) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def check_steps(cfg: Config, n_images: int, given: bool) -> int:
+    """Steps per epoch of ``n_images`` training images, when the whole schedule (at most
+    :data:`MAX_STEPS` steps) can be traced; a one-line ConfigError otherwise."""
+    if n_images < 1:
+        where = "--train-images" if given else "training images"
+        raise ConfigError(f"{where}: {n_images:,} is out of range; must be ≥ 1")
+    steps = steps_per_epoch(n_images, cfg.train.batch_size)
+    if cfg.train.epochs * steps > MAX_STEPS:
+        raise ConfigError(f"schedule: train.epochs={cfg.train.epochs:,} x {steps:,} steps per "
+                          f"epoch ({n_images:,} images, batch {cfg.train.batch_size:,}) is "
+                          f"{cfg.train.epochs * steps:,} steps; at most {MAX_STEPS:,} are "
+                          "traced")
+    return steps
+
+
 def main_schedule(cfg: Config, n_images: int | None, plot: Path,
-                  data_root: Path | None = None) -> int:
-    n = n_images or train_images(cfg, data_root)
+                  data_root: Path | None = None, force: bool = False) -> int:
+    check_output_file(plot, "--plot", suffix=".png", force=force)  # before any work
+    n = n_images if n_images is not None else train_images(cfg, data_root)
+    check_steps(cfg, n, n_images is not None)
     rows = trace(cfg, n)
     steps = len(rows) // cfg.train.epochs
     note = (f"# {cfg.sched.name}: {cfg.train.epochs} epochs x {steps} steps "
@@ -93,6 +114,7 @@ def main_schedule(cfg: Config, n_images: int | None, plot: Path,
     print("step,epoch,lr,momentum")
     for step, epoch, lr, mom in rows:
         print(f"{step},{epoch},{lr!r},{'' if mom is None else repr(mom)}")
+    make_folder(Path(plot).parent)
     _plot(rows, plot, f"{cfg.name}: {cfg.sched.name} schedule")
     print(f"# plot: {plot}", file=sys.stderr)
     return 0
