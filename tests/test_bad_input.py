@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,22 @@ def world(tiny_run: Path, tmp_path_factory) -> dict[str, Path]:
     (cut / "metrics.csv").write_text(text[:-3])
     w["cut_row"] = cut
 
+    # tuned grids (issue 23): a bad tune: section, each one way
+    tune_base = "base: {data: {name: synthetic, synthetic_size: 100}, model: {width: 4}}\n"
+    for name, axes, tune in (
+            ("unknown_key", "model.norm: [bn, ln]", "space: {optim.lrr: {log_uniform: "
+                                                    "[1e-4, 1e-1]}}, trials: 4"),
+            ("empty_range", "model.norm: [bn, ln]", "space: {optim.lr: {log_uniform: "
+                                                    "[0.1, 0.01]}}, trials: 4"),
+            ("zero_trials", "model.norm: [bn, ln]", "space: {optim.lr: {log_uniform: "
+                                                    "[1e-4, 1e-1]}}, trials: 0"),
+            ("axis_clash", "optim.lr: [0.1, 0.01]", "space: {optim.lr: {log_uniform: "
+                                                    "[1e-4, 1e-1]}}, trials: 4"),
+            ("good", "model.norm: [bn, ln]", "space: {optim.lr: {log_uniform: "
+                                             "[1e-4, 1e-1]}}, trials: 4")):
+        w[f"tune_{name}"] = root / f"tune_{name}.yaml"
+        w[f"tune_{name}"].write_text(f"{tune_base}axes: {{{axes}}}\ntune: {{{tune}}}\n")
+
     grid = root / "bad_grid"
     grid.mkdir()
     (grid / "grid.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
@@ -251,6 +268,46 @@ CASES = [
      "--nproc: 0 is out of range"),
     ("nproc-negative", ["train", "{tiny}", "--nproc", "-2", "--out", "{root}/out"], 2,
      "--nproc: -2 is out of range"),
+    ("early-stop-no-val", ["train", "{tiny}", "train.early_stop_patience=3",
+                           "data.val_split=0", "--out", "{root}/out"], 2,
+     "train.early_stop_patience: 3 watches val_loss, but data.val_split is 0"),
+    ("early-stop-test-metric", ["train", "{tiny}", "train.early_stop_metric=test_acc",
+                                "--out", "{root}/out"], 2,
+     "train.early_stop_metric: unknown value 'test_acc'; allowed: val_acc, val_loss"),
+    ("tune-unknown-key", ["grid", "{tune_unknown_key}", "--out", "{root}/out"], 2,
+     "tune.space optim.lrr: unknown key; allowed: name, lr"),
+    ("tune-empty-range", ["grid", "{tune_empty_range}", "--out", "{root}/out"], 2,
+     "tune.space optim.lr: log_uniform: the range [0.1, 0.01] is empty; low must be < high"),
+    ("tune-zero-trials", ["grid", "{tune_zero_trials}", "--out", "{root}/out"], 2,
+     "tune.trials: expected a whole number ≥ 1, got 0"),
+    ("tune-key-is-an-axis", ["grid", "{tune_axis_clash}", "--out", "{root}/out"], 2,
+     "tune.space optim.lr: optim.lr is also an axis of this grid"),
+    ("tune-print-commands", ["grid", "{tune_good}", "--print-commands", "--out",
+                             "{root}/out"], 2, "--print-commands: a tuned grid's trials"),
+    ("predict-no-paths", ["predict", "{run}"], 2, "give at least one picture or folder"),
+    ("predict-top-zero", ["predict", "{run}", "{root}", "--top", "0"], 2,
+     "--top: 0 is out of range"),
+    ("predict-not-a-run", ["predict", "{root}/nowhere", "{root}"], 2, "not a run folder"),
+    ("predict-other-width", ["predict", "{other_weights}", "{root}"], 2,
+     "does not fit its own config (resnet18/bn, width 4)"),
+    ("export-other-width", ["export", "{other_weights}", "--format", "torchscript"], 2,
+     "does not fit its own config"),
+    ("export-format", ["export", "{run}", "--format", "keras"], 2,
+     "--format: unknown value 'keras'; allowed: onnx, torchscript"),
+    ("export-not-a-run", ["export", "{root}/nowhere"], 2, "not a run folder"),
+    ("epochs-without-resume", ["train", "{tiny}", "--epochs", "3", "--out", "{root}/out"], 2,
+     "--epochs extends a run"),
+    ("resume-epochs-fewer", ["train", "--resume", "{run}", "--epochs", "0"], 2,
+     "fewer than the 1 epochs"),
+    ("data-issues-not-a-run", ["data-issues", "{root}/nowhere"], 2, "not a run folder"),
+    ("data-issues-split", ["data-issues", "{run}", "--split", "val"], 2, "--split"),
+    ("data-issues-top", ["data-issues", "{run}", "--top", "0"], 2, "--top"),
+    ("label-noise-rate", ["train", "{tiny}", "data.label_noise=1.0", "--out", "{root}/out"],
+     2, "data.label_noise"),
+    ("label-noise-kind", ["train", "{tiny}", "data.label_noise_kind=flip", "--out",
+                          "{root}/out"], 2, "data.label_noise_kind"),
+    ("exclude-missing-file", ["train", "{tiny}", "data.exclude={root}/nothing.csv", "--out",
+                              "{root}/out"], 2, "nothing.csv"),
 ]
 
 
@@ -265,6 +322,15 @@ def test_bad_input_is_one_line_and_writes_nothing(world, argv, code, piece, caps
     line = one_line(err)
     assert got == code, line
     assert piece in line, line
+    assert snapshot(world["root"]) == before
+
+
+def test_tuned_grid_without_optuna_names_the_extra(world, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    before = snapshot(world["root"])
+    code, _, err = run(["grid", world["tune_good"], "--out", world["root"] / "out"], capsys)
+    line = one_line(err)
+    assert code == 2 and "pip install 'classlab[tune]'" in line, line
     assert snapshot(world["root"]) == before
 
 

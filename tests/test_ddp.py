@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,3 +94,16 @@ def test_sync_bn_on_cpu_is_one_line_before_any_process_starts(tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert "train.sync_bn" in lines[0] and "GPU-only" in lines[0] and "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_early_stopping_stops_every_process_after_the_same_epoch(tmp_path):
+    # rank 0 decides (it alone reads metrics.csv on a resume) and broadcasts: a rank that
+    # went on alone would hang in the next all-reduce until the timeout
+    extra = ("data.synthetic_size=128", "data.val_split=0.25", "train.epochs=5",
+             "train.early_stop_patience=1", "train.early_stop_min_delta=100")
+    multi, res = _train(tmp_path, "multi", "--nproc", "2", extra=extra)
+    assert "2 processes" in res.stdout and "Stopped early after epoch 2" in res.stdout
+    rows = (multi / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2
+    summary = json.loads((multi / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["stopped_early"]["epoch"] == 2

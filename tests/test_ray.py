@@ -254,3 +254,39 @@ def test_without_ray_the_engine_is_one_line_and_exit_2(tmp_path, capsys, monkeyp
     assert err == ("classlab grid: error: --engine ray needs the ray package: "
                    "pip install 'classlab[ray]'\n")
     assert not (tmp_path / "r").exists()
+
+
+def test_tuned_grid_on_ray_tune(cluster, tmp_path, capsys):
+    """A tune: section with --engine ray: the trials run on Ray Tune (OptunaSearch, ASHA),
+    in the embedded engine's layout (a run folder per trial, tuning.json); then the final
+    run, with the best value, as a Ray task."""
+    pytest.importorskip("optuna")
+    pytest.importorskip("ray.tune")
+    import json
+
+    from classlab.rundir.summary import is_finished, read_summary
+
+    path = tmp_path / "tuned.yaml"
+    cfg = yaml.safe_load(yaml.safe_dump(BASE))
+    cfg["optim"] = {"name": "adam", "lr": 3e-3}
+    path.write_text(yaml.safe_dump({
+        "name": "tuned", "base": cfg, "axes": {"model.norm": ["bn"]},
+        "tune": {"space": {"optim.lr": {"log_uniform": [1e-4, 10]}}, "trials": 3,
+                 "metric": "val_loss", "pruner": "asha"}}))
+    out = tmp_path / "runs"
+    assert main(["grid", str(path), "--engine", "ray", "--address", cluster,
+                 "--out", str(out)]) == 0
+    gdir = out / "tuned"
+    rec = json.loads((gdir / "tune" / "bn" / "tuning.json").read_text())
+    assert rec["finished"] == 3 and rec["complete"] >= 1
+    assert rec["trials"][0]["params"] == {"optim.lr": 3e-3}  # the baseline first
+    for t in rec["trials"]:
+        summary = read_summary(gdir / "tune" / "bn" / t["folder"] / "summary.json")
+        if t["state"] != "FAIL":
+            assert is_finished(summary), t
+        if t["state"] == "PRUNED":
+            assert summary["stopped_early"]["by"] == "pruner", t
+    final = yaml.safe_load((gdir / "bn" / "config.yaml").read_text())
+    assert final["optim"]["lr"] == rec["best"]["params"]["optim.lr"]
+    assert is_finished(read_summary(gdir / "bn" / "summary.json"))
+    assert "## Tuning" in (gdir / "results.md").read_text()

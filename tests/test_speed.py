@@ -272,7 +272,10 @@ def test_no_recipe_pins_hardware(path):
     import yaml
 
     raw = yaml.safe_load(path.read_text())
-    train = (config.from_dict(raw["base"]) if "base" in raw else config.load(path)).train
+    base = raw.get("base", path)
+    if isinstance(base, str):  # a grid's base given as a file next to it
+        base = path.parent / base
+    train = (config.from_dict(base) if isinstance(base, dict) else config.load(base)).train
     assert (train.device, train.precision, train.channels_last, train.threads) == \
         ("auto", "auto", "auto", 0)
 

@@ -133,6 +133,26 @@ class Run:
             kw["session"] = self.session()
         return diagnose_run(self.dir, **kw)
 
+    def predict(self, paths: Any, top: int = 3) -> list[dict]:
+        """The run's model on pictures (files or folders; one path or a list): per picture
+        ``{"path", "top": [(class, probability), ...], "scale"}``, as ``classlab predict``
+        makes them (:mod:`classlab.tools.predict`). Unreadable files raise a DataError
+        naming them."""
+        from classlab.data import DataError
+        from classlab.tools.predict import load_model, predict
+
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        preds, bad = predict(load_model(self.dir, self.device), paths, top)
+        if bad:
+            raise DataError("; ".join(f"{p}: {why}" for p, why in bad))
+        return [{"path": p.path, "top": p.top, "scale": p.factor} for p in preds]
+
+    def export(self, fmt: str = "onnx", out: str | os.PathLike | None = None) -> Path:
+        """The model as one ONNX or TorchScript file (see :mod:`classlab.tools.export`)."""
+        from classlab.tools.export import export
+
+        return export(self.dir, fmt, Path(out) if out is not None else None)[0]
+
     def report(self) -> Path:
         """(Re)build report.md and report.html; returns the path of report.html."""
         from classlab.report import build_report

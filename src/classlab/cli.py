@@ -1,5 +1,5 @@
 """Command line: ``classlab train | eval | diagnose | data-issues | report | runs | grid | table
-| compare | schedule | lr-find | config``.
+| compare | schedule | lr-find | config | predict | export``.
 
 Every user-facing failure (bad config, missing data, bad run folder, corrupt checkpoint) ends
 as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed,
@@ -138,6 +138,27 @@ def _add_tools(sub) -> None:
     p.add_argument("overrides", nargs="*")
 
 
+def _add_use(sub) -> None:
+    """predict, export: the trained model outside its run."""
+    p = sub.add_parser("predict", help="the run's model on your own pictures: top classes "
+                       "with probabilities, a table and a CSV")
+    p.add_argument("run", type=Path)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="pictures and folders of pictures")
+    p.add_argument("--top", type=int, default=3, help="classes shown per picture (default 3)")
+    p.add_argument("--out", type=Path, default=None, help="CSV file (default predict.csv)")
+    p.add_argument("--cam", default=None, metavar="METHOD",
+                   help="also write a class-activation overlay per picture (e.g. gradcam)")
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("export", help="the run's model as one ONNX or TorchScript file (raw "
+                       "RGB in [0, 1] in, logits out), checked against classlab")
+    p.add_argument("run", type=Path)
+    p.add_argument("--format", default="onnx", help="onnx (needs classlab[export]) or "
+                   "torchscript")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file (default: RUN/model.onnx or RUN/model.pt)")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="classlab", description="Train CIFAR-10-sized classifiers "
                                  "from YAML and look inside them.")
@@ -146,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_grid_commands(sub)
     _add_tools(sub)
+    _add_use(sub)
     return ap
 
 
@@ -255,6 +277,18 @@ def cmd_data_issues(a: argparse.Namespace) -> int:
     return main_data_issues(a.run, a.split, a.top, a.out)
 
 
+def cmd_predict(a: argparse.Namespace) -> int:
+    from classlab.tools.predict import main_predict
+
+    return main_predict(a.run, a.paths, top=a.top, out=a.out, cam=a.cam, device=a.device)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from classlab.tools.export import main_export
+
+    return main_export(a.run, a.format, a.out)
+
+
 def cmd_runs(a: argparse.Namespace) -> int:
     from classlab.rundir import RunDirError
     from classlab.rundir.listing import describe, format_table, run_folders
@@ -334,6 +368,7 @@ def cmd_config(a: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "report": cmd_report, "runs": cmd_runs, "grid": cmd_grid, "table": cmd_table,
             "compare": cmd_compare, "data-issues": cmd_data_issues,
+            "predict": cmd_predict, "export": cmd_export,
             "schedule": cmd_schedule, "lr-find": cmd_lr_find, "config": cmd_config}
 
 

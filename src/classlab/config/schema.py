@@ -279,16 +279,16 @@ class TrainConfig:
                         "only, a fresh optimizer and schedule; recorded in summary.json "
                         "(empty: random initialisation)")
     early_stop_patience: int = _f(0, "early stopping: stop when train.early_stop_metric has not "
-                                  "improved by at least train.early_stop_min_delta for this many "
+                                  "improved by more than train.early_stop_min_delta for this many "
                                   "epochs in a row; the run is then finished, with its last "
                                   "epoch's weights, and summary.json says when and why "
                                   "(stopped_early) (0: off; needs a validation split and "
                                   "train.eval_every=1)", ge=0, unit="epochs")
     early_stop_metric: str = _f("val_loss", "early stopping: the validation metric watched "
                                 "(never a test metric)", choices=["val_acc", "val_loss"])
-    early_stop_min_delta: float = _f(0.0, "early stopping: the smallest change that counts as "
-                                     "an improvement, in the metric's units (loss, or accuracy "
-                                     "in % points)", ge=0.0)
+    early_stop_min_delta: float = _f(0.0, "early stopping: an epoch improves on the best so "
+                                     "far only by more than this, in the metric's units (loss, "
+                                     "or accuracy in % points)", ge=0.0)
 
 
 @dataclass

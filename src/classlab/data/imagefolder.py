@@ -26,6 +26,18 @@ def image_files(folder: Path) -> list[Path]:
                    and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
 
 
+def _to_rgb(img):
+    """RGB of any Pillow mode. 16- and 32-bit integer greys (``I;16``, ``I``) are scaled to
+    8 bits first: Pillow's own conversion clips them at 255 (a mostly white picture)."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() <= 65535 else float(a.max())
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def read_image(path: Path, size: int, mode: str = "resize") -> np.ndarray:
     """One picture as uint8 ``[size, size, 3]`` RGB, loaded with Pillow (EXIF orientation
     applied; palette, grey and alpha images converted to RGB).
@@ -38,7 +50,7 @@ def read_image(path: Path, size: int, mode: str = "resize") -> np.ndarray:
 
     try:
         with Image.open(path) as f:
-            img = ImageOps.exif_transpose(f).convert("RGB")
+            img = _to_rgb(ImageOps.exif_transpose(f))
         w, h = img.size
         if mode == "center_crop":
             scale = size / min(w, h)

@@ -102,8 +102,9 @@ def read_noise(files: RunFiles) -> np.ndarray | None:
 
 
 def read_excluded(files: RunFiles) -> int:
+    """How many training images the run left out (excluded.csv's rows)."""
     try:
-        return sum(1 for _ in open(files.excluded)) - 1
+        return max(len(files.excluded.read_text().splitlines()) - 1, 0)
     except FileNotFoundError:
         return 0
 

@@ -21,12 +21,12 @@ from classlab.engine.dynamics import DynamicsLogger
 from classlab.engine.ema import Ema
 from classlab.engine.epoch import EpochPlan, EpochResult, EpochStart, train_one_epoch
 from classlab.engine.errors import TrainingError
-from classlab.engine.evaluate import TTA, EvalResult, evaluate
+from classlab.engine.evaluate import TTA, EvalResult, evaluate, predict_logits
 from classlab.engine.rng import rng_state, seed_everything, set_rng_state
 from classlab.engine.step import StepRecipe, backward_and_step, train_step
 
 __all__ = ["Amp", "Dist", "DynamicsLogger", "Ema", "EpochPlan", "EpochResult", "EpochStart",
            "EvalResult", "Normalizer", "StepRecipe", "TTA", "TrainingError", "backward_and_step",
-           "batch_indices", "epoch_generator", "evaluate", "init_distributed", "resolve_device",
-           "rng_state", "seed_everything", "set_rng_state", "steps_per_epoch", "train_one_epoch",
-           "train_step"]
+           "batch_indices", "epoch_generator", "evaluate", "init_distributed", "predict_logits",
+           "resolve_device", "rng_state", "seed_everything", "set_rng_state", "steps_per_epoch",
+           "train_one_epoch", "train_step"]

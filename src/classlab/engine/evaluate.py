@@ -42,6 +42,26 @@ TTA: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
 }
 
 
+def view_logits(model: nn.Module, xb: torch.Tensor, amp: Amp, tta: str) -> torch.Tensor:
+    """float32 ``[B,K]`` logits of the normalised batch ``xb``, averaged over the ``tta``
+    views (the image, its mirror, ...; :data:`TTA`), in ``amp``'s precision."""
+    with amp.autocast():
+        return torch.stack([model(v).float() for v in TTA[tta](xb)]).mean(0)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, *, normalize: Normalizer,
+                   batch_size: int, amp: Amp, tta: str = "none") -> torch.Tensor:
+    """float32 ``[N,K]`` logits (on the CPU) of uint8 images ``x`` (no labels), made exactly
+    as :func:`evaluate` makes them: the same normalisation, views, precision and batches."""
+    was_training = model.training
+    model.eval()
+    out = [view_logits(model, normalize(x[idx]), amp, tta).cpu()
+           for idx in torch.arange(len(x), device=x.device).split(batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
 def evaluate(
     model: nn.Module,
@@ -68,8 +88,7 @@ def evaluate(
     preds, probs, losses = [], [], []
     for idx in dist.shard(torch.arange(len(x), device=x.device)).split(batch_size):
         xb, yb = normalize(x[idx]), y[idx]
-        with amp.autocast():
-            logits = torch.stack([model(v).float() for v in TTA[tta](xb)]).mean(0)
+        logits = view_logits(model, xb, amp, tta)
         per = F.cross_entropy(logits, yb, reduction="none")
         loss_sum += per.double().sum().item()
         pred = logits.argmax(1)

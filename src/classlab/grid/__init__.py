@@ -4,7 +4,11 @@
 - :mod:`~classlab.grid.folder`: the grid folder, and one point trained by the run flow
 - :mod:`~classlab.grid.local`: ``classlab grid`` on this machine (in process, or N children)
 - :mod:`~classlab.grid.table`: ``classlab table`` (results.md/.csv and the overlays)
+- :mod:`~classlab.grid.tunespec`, :mod:`~classlab.grid.tune`, :mod:`~classlab.grid.ray_tune`,
+  :mod:`~classlab.grid.tunetable`: tuned grids (a ``tune:`` section): the search space and
+  budget, the Optuna engine, Ray Tune, the Tuning section of results.md and tuning.png
 - ``python -m classlab.grid run-point POINT_DIR``: one point in a fresh process
+  (``run-trial TRIAL_DIR``: one tuning trial)
 """
 
 from classlab.grid.folder import point_command, prepare, read_grid_dir, record_failure, run_point

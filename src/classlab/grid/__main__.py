@@ -1,6 +1,7 @@
 """``python -m classlab.grid run-point POINT_DIR``: train one prepared grid point in this
 process. It is what ``classlab grid --jobs N`` runs in each child process and what
-``--print-commands`` prints."""
+``--print-commands`` prints. ``run-trial TRIAL_DIR``: one trial of a tuned grid
+(:mod:`classlab.grid.tune`), the same way."""
 
 from __future__ import annotations
 
@@ -26,13 +27,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (an explicit train.threads in the config wins)")
+    p = sub.add_parser("run-trial", help="train or resume one prepared tuning trial folder")
+    p.add_argument("point_dir", type=Path)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
     try:
-        run_point(a.point_dir, a.data_dir)
+        if a.command == "run-trial":
+            from classlab.grid.tune import run_trial
+
+            run_trial(a.point_dir, a.data_dir)
+        else:
+            run_point(a.point_dir, a.data_dir)
     except RunLocked as e:  # another process trains it: the driver comes back to it
         print(f"run-point: {e}", file=sys.stderr)
         return LOCKED_EXIT

@@ -33,16 +33,24 @@ def prepare(grid: Grid, grid_dir: Path) -> None:
         if cfg_path.is_file() and config.load(cfg_path) != p.cfg:
             raise ConfigError(f"{cfg_path.parent}: its config.yaml differs from the grid's "
                               "point; remove that folder to rerun it")
-    try:
-        g.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create grid folder {g.root}: {e.strerror or e}") from None
-    atomic_write_text(g.grid, _GRID_HEADER + yaml.safe_dump(grid.definition(), sort_keys=False))
+    prepare_grid_file(grid, grid_dir)
     for p in grid.points:
         files = g.point(p.name)
         files.root.mkdir(exist_ok=True)
         if not files.config.is_file():
             atomic_write_text(files.config, config.dump(p.cfg))
+
+
+def prepare_grid_file(grid: Grid, grid_dir: Path) -> None:
+    """Check that ``grid_dir`` holds this grid (or nothing), then write its grid.yaml (a
+    tuned grid: before its point folders, whose configs tuning decides)."""
+    g = GridFiles(grid_dir)
+    _check_same_grid(grid, g)
+    try:
+        g.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create grid folder {g.root}: {e.strerror or e}") from None
+    atomic_write_text(g.grid, _GRID_HEADER + yaml.safe_dump(grid.definition(), sort_keys=False))
 
 
 def _check_same_grid(grid: Grid, g: GridFiles) -> None:

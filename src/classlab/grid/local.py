@@ -5,7 +5,6 @@ the same command skips finished points and resumes the others.
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import time
@@ -25,6 +24,7 @@ from classlab.grid.folder import (
     record_failure,
     run_point,
 )
+from classlab.grid.procs import child_env, cores, gpu_ids
 from classlab.grid.spec import Grid, Point, load_grid
 from classlab.grid.table import write_table
 from classlab.rundir import RunFiles
@@ -48,6 +48,8 @@ def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("
                           "a grid folder holds one run folder per point: give another one")
     grid = load_grid(grid_path, overrides)
     gdir = Path(grid_dir) if grid_dir is not None else Path(out) / grid.name
+    if grid.tune is not None:  # tune each point first; the final runs get its best values
+        grid = _tuned(grid, gdir, data_dir, jobs, engine, address, print_commands)
     prepare(grid, gdir)
     if print_commands:
         _print_commands(grid, gdir, data_dir)
@@ -68,6 +70,22 @@ def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("
     print(f"{len(todo) - len(failed)} ran, {len(grid.points) - len(todo)} skipped (finished), "
           f"{len(failed)} failed in {time.time() - t0:.0f} s; table: {md}", flush=True)
     return 1 if failed else 0
+
+
+def _tuned(grid: Grid, gdir: Path, data_dir: Path | None, jobs: int, engine: str,
+           address: str | None, print_commands: bool) -> Grid:
+    """A tuned grid's final points, after tuning (classlab.grid.tune)."""
+    from classlab.grid.tune import import_optuna, tune_grid
+
+    import_optuna()  # before anything is written: one line naming the extra to install
+    if print_commands:
+        raise ConfigError("--print-commands: a tuned grid's trials are chosen as earlier ones "
+                          "finish, so there is no fixed list of commands; run classlab grid")
+    if engine == "ray":
+        from classlab.grid.ray_tune import tune_on_ray
+
+        return tune_on_ray(grid, gdir, data_dir, address)
+    return tune_grid(grid, gdir, data_dir, jobs)
 
 
 def _check_engine(engine: str, jobs: int, address: str | None) -> None:
@@ -147,33 +165,6 @@ def _outcome(summary: dict | None) -> str:
     return "FAILED: stopped without a result"
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _gpu_ids() -> list[str]:
-    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
-        else []
-
-
-def _child_env(slot: int, threads: int, gpus: list[str], device: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               MPLBACKEND="Agg")
-    # One device per job slot; an explicit cuda:N or cpu in the config is left alone.
-    if gpus and device in ("auto", "cuda"):
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    return env
-
-
 @dataclass
 class _Job:
     point: Point
@@ -187,8 +178,8 @@ def _run_parallel(points: list[Point], gdir: Path, data_dir: Path | None,
                   jobs: int) -> list[str]:
     """Up to ``jobs`` child processes, each training one point with its output in
     ``<point>/train.log``; the cores are shared out so the children do not oversubscribe."""
-    threads = max(1, _cores() // jobs)
-    gpus = _gpu_ids()
+    threads = max(1, cores() // jobs)
+    gpus = gpu_ids()
     pending, running, failed, said = deque(points), [], [], set()
     free = list(range(jobs))
     try:
@@ -231,7 +222,7 @@ def _start_job(p: Point, slot: int, gdir: Path, data_dir: Path | None, threads: 
     log = open(RunFiles(point_dir).train_log, "a")  # appended: a resumed point keeps its history
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {p.name}\n")
     log.flush()
-    env = _child_env(slot, threads, gpus, p.cfg.train.device)
+    env = child_env(slot, threads, gpus, p.cfg.train.device)
     proc = subprocess.Popen(point_command(point_dir, data_dir, threads), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     where = f", GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""

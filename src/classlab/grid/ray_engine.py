@@ -182,7 +182,7 @@ def check_reachable(address: str | None) -> None:
                           "start one with `ray start --head` or check the address") from None
 
 
-def _connect(ray: Any, address: str | None) -> None:
+def connect(ray: Any, address: str | None) -> None:
     host = (address or "").rpartition(":")[0]
     # Ray replaces 127.0.0.1 by the machine's outward address; another loopback address
     # (a cluster started with --node-ip-address=127.0.0.2) is kept, and the driver joins it
@@ -208,7 +208,7 @@ def run_on_ray(points: list[Point], gdir: Path, data_dir: Path | None,
                address: str | None) -> list[str]:
     """Submit every point as a Ray task and wait for them all; returns the failed names."""
     ray = import_ray()
-    _connect(ray, address)
+    connect(ray, address)
     token = secrets.token_hex(16)
     (GridFiles(gdir).root / TOKEN).write_text(token)
     task = ray.remote(run_task)

@@ -6,7 +6,9 @@ grid file), ``axes:`` (full key -> list of values, first axis slowest), an optio
 ``name:``, and optionally ``seeds: [0, 1, 2]`` (or ``repeats: 3``, the seeds ``train.seed``,
 ``train.seed + 1``, ...): each point then runs once per seed, each (point, seed) in a run
 folder of its own. Every folder is named from its axis values (and seed), so a rerun of the
-same command finds its folders again.
+same command finds its folders again. A ``tune:`` section (:mod:`classlab.grid.tunespec`)
+makes it a tuned grid: each point is tuned on the same budget, then its final runs use the
+best values found.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any
 
 from classlab import config
 from classlab.config import Config, ConfigError
+from classlab.grid.tunespec import TuneSpec, parse_tune
 from classlab.run.checks import check_environment
 
-GRID_KEYS = ("name", "base", "axes", "seeds", "repeats")
-COMPARED_KEYS = ("name", "base", "axes", "overrides", "seeds")  # what makes two grids "the same"
+GRID_KEYS = ("name", "base", "axes", "seeds", "repeats", "tune")
+COMPARED_KEYS = ("name", "base", "axes", "overrides", "seeds", "tune")  # "the same" grid
 SEED_KEY = "train.seed"
 
 
@@ -48,11 +51,13 @@ class Grid:
     overrides: list[str]
     points: list[Point]
     seeds: list[int] | None = None
+    tune: TuneSpec | None = None  # a tuned grid (grid/tunespec.py): tune, then the final runs
 
     def definition(self) -> dict:
         """What ``<grid_dir>/grid.yaml`` holds: the compared keys plus the point list."""
         return {"name": self.name, "source": str(self.source.resolve()), "base": self.base,
                 "axes": self.axes, "overrides": self.overrides, "seeds": self.seeds,
+                "tune": self.tune.definition() if self.tune is not None else None,
                 "points": [{"name": p.name, "values": p.values, "group": p.group,
                             "seed": p.seed} for p in self.points]}
 
@@ -74,10 +79,11 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     overrides = list(overrides)
     _check_overrides(overrides, axes)
     seeds = _read_seeds(raw, path, base, overrides, axes)
+    tune = parse_tune(raw["tune"], path, base, overrides, axes) if "tune" in raw else None
     points = [p for combo in itertools.product(*axes.values())
               for p in _make_points(base, overrides, dict(zip(axes, combo)), seeds, path)]
     _check_unique(points, path)
-    return Grid(name, path, base, axes, overrides, points, seeds)
+    return Grid(name, path, base, axes, overrides, points, seeds, tune)
 
 
 def _is_whole(v: Any) -> bool:

@@ -14,6 +14,7 @@ from classlab.compare.paired import CompareError, check_same_test_set, paired_te
 from classlab.config import ConfigError
 from classlab.fmt import MISSING, csv_number, fixed, is_nan, markdown_table, missing, pct
 from classlab.grid.folder import read_grid_dir
+from classlab.grid.tunetable import tuning_markdown
 from classlab.report.dynamics import plot_compare
 from classlab.report.names import MODEL_NAMES, NORM_NAMES, SCHED_NAMES
 from classlab.rundir import (
@@ -47,15 +48,18 @@ def write_table(grid_dir: str | Path) -> Path:
     grid_dir = Path(grid_dir)
     grid = read_grid_dir(grid_dir)
     extra = [k for k in grid.get("axes", {}) if k not in NAMED_COLUMNS]
+    extra += list((grid.get("tune") or {}).get("space") or {})  # the tuned values
     runs = [_gather(grid_dir, entry, extra) for entry in grid["points"]]
     groups = _groups(runs)
     comparison = compare_groups(grid_dir, groups)
     _add_ece(groups, comparison["outputs"])
     g = GridFiles(grid_dir)
     seeded = grid.get("seeds") is not None
+    tuned = tuning_markdown(grid_dir, grid, _ranking(groups, comparison),
+                            _untuned_ranking(grid_dir, grid)) if grid.get("tune") else ""
     with all_or_nothing():  # a full disk leaves the previous table as it was
         atomic_write_text(g.results_md, _markdown(grid.get("name", grid_dir.name), groups,
-                                                  extra, comparison, seeded))
+                                                  extra, comparison, seeded) + tuned)
         atomic_write_text(g.results_csv, _csv(runs, extra))
         _plot(g, grid)
         plot_compare([(e["name"], grid_dir / e["name"]) for e in grid["points"]], g.dynamics)
@@ -85,7 +89,7 @@ def _gather(grid_dir: Path, entry: dict, extra: list[str]) -> dict:
         value = values.get(key, _lookup(raw, key))
         row[column] = "" if value is None else names.get(value, fmt.value(value))
     for key in extra:
-        row[key] = fmt.value(values.get(key))
+        row[key] = fmt.value(values.get(key, _lookup(raw, key)))  # a tuned key: config.yaml
     done = row["status"] == "finished"  # accuracies of unfinished points stay blank
     final = (summary.get("final") or {}) if done else {}
     best = (summary.get("best_by_val") or {}) if done else {}
@@ -236,6 +240,32 @@ def _sentences(groups: list[dict], comparison: dict) -> list[str]:
                      f"seed{'s' * (g['n'] != 1)}, {stats.format_p(t.p_holm)}"
                      + (" (not distinguishable from the best at 5%)" if same else ""))
     return lines
+
+
+def _ranking(groups: list[dict], comparison: dict) -> list[str] | None:
+    """The points with finished runs, best first, by the measure that picks the best
+    point (mean validation accuracy; training accuracy without a validation split)."""
+    by = comparison.get("by")
+    if by is None:
+        return None
+    scored = [g for g in groups if g["n"] and not is_nan(_mean(g[by]))]
+    return [g["group"] for g in sorted(scored, key=lambda g: -_mean(g[by]))]
+
+
+def _untuned_ranking(grid_dir: Path, grid: dict) -> tuple[Path, list[str] | None] | None:
+    """A tuned grid's untuned counterpart (tune.untuned: a grid folder next to this one,
+    or an absolute path) and its ranking; None when the grid names none."""
+    name = (grid.get("tune") or {}).get("untuned")
+    if not name:
+        return None
+    other = Path(name) if Path(name).is_absolute() else grid_dir.parent / name
+    try:
+        entries = read_grid_dir(other)["points"]
+    except ConfigError:
+        return other, None
+    extra: list[str] = []
+    groups = _groups([_gather(other, e, extra) for e in entries])
+    return other, _ranking(groups, compare_groups(other, groups))
 
 
 def _read_raw_config(path: Path) -> dict:

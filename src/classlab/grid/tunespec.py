@@ -142,6 +142,9 @@ def parse_param(key: Any, spec: Any) -> Param:
         if not isinstance(values, list) or len(values) < 2:
             raise ConfigError(f"tune.space {key}: choice: expected a list of at least two "
                               f"values, got {show(values)}")
+        if any(v is not None and not isinstance(v, (bool, int, float, str)) for v in values):
+            raise ConfigError(f"tune.space {key}: choice: expected numbers, strings or "
+                              f"true/false, got {show(values)}")
         if any(v in values[:i] for i, v in enumerate(values)):
             raise ConfigError(f"tune.space {key}: choice: {show(values)} lists a value twice")
         return Param(key, kind, choices=list(values))

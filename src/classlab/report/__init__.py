@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from classlab.report.blocks import H
+from classlab.report.card import write_model_card
 from classlab.report.htmlpage import to_html
 from classlab.report.markdown import to_markdown
 from classlab.report.sections import blocks
@@ -20,7 +21,8 @@ from classlab.rundir.lock import hold
 
 
 def build_report(run_dir: Path) -> tuple[Path, Path]:
-    """Write ``run_dir/report.md`` and ``run_dir/report.html`` (atomically); return both."""
+    """Write ``run_dir/report.md``, ``run_dir/report.html`` and ``run_dir/model_card.md``
+    (atomically, all or nothing); return the report's two files."""
     run_dir = run_folder(run_dir)
     with hold(run_dir):  # one writer: a run still training or diagnosing is not reported over
         return _write(run_dir)
@@ -33,6 +35,7 @@ def _write(run_dir: Path) -> tuple[Path, Path]:
         title = next((b.text for b in report if isinstance(b, H)), "Run report")
         atomic_write_text(files.report_md, to_markdown(report, run_dir))
         atomic_write_text(files.report_html, to_html(report, run_dir, title))
+        write_model_card(run_dir)
     return files.report_md, files.report_html
 
 

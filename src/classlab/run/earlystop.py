@@ -19,7 +19,7 @@ import torch
 
 from classlab.config import Config
 from classlab.engine import EvalResult
-from classlab.fmt import is_nan
+from classlab.fmt import as_float, csv_number, is_nan
 from classlab.rundir import RunFiles
 from classlab.rundir.metrics import read_metrics
 from classlab.rundir.summary import read_summary
@@ -61,7 +61,9 @@ class EarlyStop:
 
     def update(self, row: dict) -> dict | None:
         """Count one epoch's row; the stop record when the run stops after it."""
-        value = float(row[self.metric])
+        # as metrics.csv holds it (6 significant digits): a resumed run, which replays the
+        # rows from that file, then decides exactly as an unbroken one
+        value = as_float(csv_number(row[self.metric]))
         if self.improves(value):
             self.best, self.best_epoch, self.bad = value, int(row["epoch"]), 0
         else:

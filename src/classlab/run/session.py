@@ -41,7 +41,13 @@ from classlab.engine.probe import TrainSample
 from classlab.models import build_model, count_params
 from classlab.optim import Lookahead, Stepper, build_optimizer, build_scheduler
 from classlab.rundir import RunDirError, RunFiles, read_json
-from classlab.rundir.checkpoint import CheckpointError, check_weights_fit, load_checkpoint
+from classlab.rundir.checkpoint import (
+    CheckpointError,
+    check_weights_fit,
+    eval_weights,
+    load_checkpoint,
+    weight_differences,
+)
 
 
 def default_threads() -> int:
@@ -219,12 +225,8 @@ def load_weights_from(model: nn.Module, source: str) -> None:
         raise config.ConfigError(f"train.init_from: {source!r} is not a run folder with a "
                                  "checkpoint (no last.pt)")
     state = load_checkpoint(path)
-    weights = state["ema"] if isinstance(state.get("ema"), dict) else state["model"]
-    mine = model.state_dict()
-    differ = [f"{k}: {tuple(v.shape)} there, {tuple(mine[k].shape)} here" for k, v in
-              weights.items() if k in mine and tuple(v.shape) != tuple(mine[k].shape)]
-    differ += [f"{k}: missing there" for k in mine if k not in weights]
-    differ += [f"{k}: not in this model" for k in weights if k not in mine]
+    weights = eval_weights(state)
+    differ = weight_differences(model.state_dict(), weights)
     if differ:
         raise config.ConfigError(f"train.init_from: {source}'s weights do not fit this model "
                                  f"({'; '.join(differ[:3])}"

@@ -81,6 +81,13 @@ def check_weights_fit(path: Path, expected: dict, got: dict, model: str) -> None
                               "it holds another run's network")
 
 
+def eval_weights(state: dict) -> dict:
+    """The weights of a checkpoint that count (evaluated, reported, exported): its EMA copy
+    when the run kept one, else the trained model. The rule of
+    :attr:`classlab.run.session.Session.eval_model`, for a checkpoint read on its own."""
+    return state["ema"] if isinstance(state.get("ema"), dict) else state["model"]
+
+
 def save_test_outputs(path: Path, epoch: int, probs: torch.Tensor, losses: torch.Tensor,
                       labels: torch.Tensor) -> None:
     """Per-image test outputs of the checkpoint of ``epoch``: probs [N,K] float32 softmax,

@@ -64,7 +64,9 @@ class RunFiles:
         self.predictions = r / "predictions.csv"  # PREDICTION_FIELDS
         self.report_md = r / "report.md"
         self.report_html = r / "report.html"  # self-contained
+        self.model_card = r / "model_card.md"  # Hugging Face front matter + plain sections
         self.train_log = r / "train.log"  # a grid point's output, when run in a child
+        self.trial = r / "trial.json"  # a tuning trial: its study and number (grid.tune)
         self.tensorboard = r / "tensorboard"  # event files (log.tensorboard)
         # flock'd by the one process writing the folder; says who (classlab.rundir.lock)
         self.lock = r / ".lock"
@@ -115,6 +117,19 @@ class GridFiles:
         self.results_csv = self.root / "results.csv"
         self.test_acc = self.root / "test_acc.png"  # every point's test accuracy per epoch
         self.dynamics = self.root / "dynamics.png"  # weight-update overlay of the points
+        # a tuned grid (classlab.grid.tune): the Optuna study of every point, one run folder
+        # per trial, each point's tuning record; the tuning figure
+        self.tune = self.root / "tune"
+        self.study = self.tune / "study.journal"  # Optuna's JournalStorage file
+        self.tuning_png = self.root / "tuning.png"
 
     def point(self, name: str) -> RunFiles:
         return RunFiles(self.root / name)
+
+    def trial(self, group: str, number: int) -> RunFiles:
+        """The run folder of trial ``number`` of point ``group``'s tuning."""
+        return RunFiles(self.tune / group / f"trial-{number:03d}")
+
+    def tuning(self, group: str) -> Path:
+        """Point ``group``'s tuning record: its trials, best values, compute (JSON)."""
+        return self.tune / group / "tuning.json"
