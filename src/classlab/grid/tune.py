@@ -252,6 +252,11 @@ def run_trial(trial_dir: str | Path, data_root: Path | None = None, wait: float 
         trial = optuna.trial.Trial(study, trial_id)
         _report_rows(trial, frozen, files, info["metric"])
         summary = read_summary(files.summary)
+        done = (summary or {}).get("epochs_done") or 0
+        if not is_finished(summary) and 0 < done < epochs and trial.should_prune():
+            # killed between the pruner's answer and the folder's last write
+            mark_pruned(files.root, info["pruner"], info["metric"])
+            summary = read_summary(files.summary)
         if not is_finished(summary):
             try:
                 summary = train_run(run_dir=files.root, data_root=data_root,
