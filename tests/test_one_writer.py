@@ -77,19 +77,26 @@ def full4(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- one writer
 
 
-def test_two_concurrent_resumes_one_refused_and_the_run_is_the_uninterrupted_one(tmp_path,
-                                                                                 full4):
-    part = _run(tmp_path / "part", 4, stop_after=1)
-    a, b = (_start("train", "--resume", str(part), cwd=tmp_path) for _ in range(2))
+def test_two_concurrent_resumes_one_refused_and_the_run_is_the_uninterrupted_one(tmp_path):
+    # Long enough epochs (1,000 images) that the first process still trains when the second
+    # has started Python and torch, whatever the machine's load.
+    big = ("data.synthetic_size=1000",)
+    full = _run(tmp_path / "full", 4, None, *big)
+    part = _run(tmp_path / "part", 4, 1, *big)
+    a = _start("train", "--resume", str(part), cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while holder(part) is None:  # the first holds the folder before the second starts
+        assert a.poll() is None and time.monotonic() < deadline, a.communicate()
+        time.sleep(0.02)
+    b = _start("train", "--resume", str(part), cwd=tmp_path)
     results = [(p.wait(timeout=240), *p.communicate()) for p in (a, b)]
-    codes = sorted(r[0] for r in results)
-    assert codes == [0, 2], results
-    loser = next(r for r in results if r[0] == 2)
-    lines = loser[2].strip().splitlines()
-    assert len(lines) == 1 and "in use by pid" in lines[0] and "Traceback" not in loser[2]
+    assert [r[0] for r in results] == [0, 2], results
+    lines = results[1][2].strip().splitlines()
+    assert len(lines) == 1 and "in use by pid" in lines[0] and "Traceback" not in results[1][2]
     assert str(part) in lines[0] and "classlab train --resume" in lines[0]
-    assert _rows(part) == _rows(full4)  # every epoch once, the same numbers
-    assert _same_weights(part, full4)
+    assert f"pid {a.pid} " in lines[0]
+    assert _rows(part) == _rows(full)  # every epoch once, the same numbers
+    assert _same_weights(part, full)
 
 
 def test_sigkill_of_the_holder_frees_the_lock_for_the_next_resume(tmp_path, full4):
