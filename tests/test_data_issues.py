@@ -276,3 +276,15 @@ def test_exclusion_file_formats_and_errors(tmp_path):
     f.write_text("0\n1\n")
     with pytest.raises(DataError, match="leaves out all 2 training images"):
         read_exclusion(f, 2)
+
+
+def test_the_report_says_when_too_many_flags_mean_an_untrained_model_not_wrong_labels():
+    from classlab.report.datasection import CAVEAT, mistakes_sentence
+
+    def sentence(flagged: int) -> str:
+        diag = {"data_issues": {"shown": 4, "shown_suspected": 4,
+                                "test": {"flagged": flagged, "images": 100}}}
+        return mistakes_sentence(diag).text
+
+    assert CAVEAT in sentence(90)  # 90% of the test set "mislabelled": the model, not labels
+    assert CAVEAT not in sentence(3)  # a few percent: plausible label errors

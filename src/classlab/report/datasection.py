@@ -11,9 +11,23 @@ from classlab.fmt import MISSING, fixed, missing, pct
 from classlab.report.blocks import Block, H, Img, P, Table
 from classlab.rundir import RunFiles
 
+# Above this share of a split flagged, the flags say more about the model than the labels:
+# curated sets hold a few percent of wrong labels (CIFAR-10's test set ~0.5%, Northcutt et
+# al. 2021), so a model that doubts a quarter of its data has not learned enough for these
+# criteria to mean "wrong label".
+IMPLAUSIBLE_SHARE = 0.25
+CAVEAT = ("That is far more than a dataset's wrong labels could be: the model has not learned "
+          "enough yet for this criterion to single out wrong labels (it flags what the model "
+          "does not know). Train longer before reading these lists.")
+
 
 def _share(k: int, n: int) -> str:
     return pct(100 * k / n) if n else MISSING
+
+
+def _implausible(t: dict | None) -> bool:
+    return bool(t) and t.get("images", 0) > 0 and \
+        t.get("flagged", 0) / t["images"] > IMPLAUSIBLE_SHARE
 
 
 def mistakes_sentence(diag: dict | None) -> P | None:
@@ -25,7 +39,7 @@ def mistakes_sentence(diag: dict | None) -> P | None:
     return P(f"**{k} of the {n}** mistakes shown {'is' if k == 1 else 'are'} suspected label "
              "errors (confident learning on the test predictions, see \"Is it the data?\"): "
              "framed in red and marked [label suspected]; there the model may be right and the "
-             "label wrong.")
+             "label wrong." + (f" {CAVEAT}" if _implausible(data.get("test")) else ""))
 
 
 def data_blocks(f: RunFiles, diag: dict | None) -> list[Block]:
@@ -62,7 +76,7 @@ def _train_blocks(f: RunFiles, data: dict) -> list[Block]:
                  "*augmented* image each epoch trained on, in training mode. Suggested label: "
                  "the class most often ahead of the given one. Index: the training-split index "
                  "(the training images in their original order after the validation split "
-                 "and subset)."))
+                 "and subset)." + (f" {CAVEAT}" if _implausible(t) else "")))
     if f.label_issues_train.is_file():
         out.append(Img("Suspected label errors in the training set, most doubtful first: "
                        "given → suggested (area under the margin)", f.label_issues_train))
@@ -100,7 +114,8 @@ def _test_blocks(f: RunFiles, data: dict) -> list[Block]:
                  f"({_share(t['flagged'], t['images'])})** are suspected label errors. "
                  f"Criterion: {t['criterion']} (Northcutt et al., JAIR 2021). The test "
                  "predictions are out-of-sample: the model never trained on these labels. "
-                 f"Estimated share of wrong test labels: {_ratio(t.get('noise_rate'))}."))
+                 f"Estimated share of wrong test labels: {_ratio(t.get('noise_rate'))}."
+                 + (f" {CAVEAT}" if _implausible(t) else "")))
     if f.label_issues_test.is_file():
         out.append(Img("Suspected label errors in the test set, most doubtful first: given → "
                        "suggested (p(suggested) − p(given))", f.label_issues_test))
