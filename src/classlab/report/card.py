@@ -16,18 +16,10 @@ import yaml
 
 from classlab import stats
 from classlab.fmt import pct
-from classlab.rundir import GridFiles, RunFiles, atomic_write_text, read_json
+from classlab.rundir import GridFiles, RunFiles, atomic_write_text, read_json_object
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagefolder": "image folder",
                  "synthetic": "synthetic shapes"}
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def front_matter(summary: dict, cfg: dict) -> dict[str, Any]:
@@ -60,8 +52,9 @@ def seed_interval(run_dir: Path) -> str | None:
         group = entries[Path(run_dir).resolve().name].get("group")
     except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
         return None
-    accs = [(_json(RunFiles(gdir / n).summary).get("final") or {}).get("test_acc")
-            for n, e in entries.items() if group and e.get("group") == group]
+    finals = [(read_json_object(RunFiles(gdir / n).summary) or {}).get("final") or {}
+              for n, e in entries.items() if group and e.get("group") == group]
+    accs = [f.get("test_acc") for f in finals]
     accs = [float(a) for a in accs if isinstance(a, (int, float))]
     if len(accs) < 2:
         return None
@@ -122,12 +115,12 @@ def write_model_card(run_dir: Path) -> Path:
     """``run_dir/model_card.md`` (atomically) from summary.json, config.yaml and the
     diagnosis; returns its path."""
     files = RunFiles(run_dir)
-    summary = _json(files.summary)
+    summary = read_json_object(files.summary) or {}
     try:
         cfg = yaml.safe_load(files.config.read_text()) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
-    diag = _json(files.diagnose_json)
+    diag = read_json_object(files.diagnose_json) or {}
     head = yaml.safe_dump(front_matter(summary, cfg), sort_keys=False, allow_unicode=True)
     text = f"---\n{head}---\n\n" + "\n".join(_sections(Path(run_dir), summary, cfg, diag))
     atomic_write_text(files.model_card, text)

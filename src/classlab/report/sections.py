@@ -4,7 +4,6 @@ missing part is named together with the command that makes it."""
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shlex
 from datetime import datetime
@@ -19,18 +18,10 @@ from classlab.report.blocks import Block, Code, H, Img, Md, P, Table
 from classlab.report.datasection import data_blocks, mistakes_sentence
 from classlab.report.dynamics import report_section
 from classlab.report.names import NORM_SHORT, cam_name
-from classlab.rundir import RunFiles
+from classlab.rundir import RunFiles, read_json_object
 from classlab.rundir.history import read_events
 from classlab.rundir.metrics import read_rows
 from classlab.rundir.summary import load_summary, stop_sentence, stopped_early
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -496,7 +487,7 @@ def blocks(run_dir: Path) -> list[Block]:
     f = RunFiles(run_dir)
     summary = load_summary(f.summary) or {}  # a damaged one is refused, not shown as empty
     cfg = _read_yaml(f.config)
-    diag = _read_json(f.diagnose_json)
+    diag = read_json_object(f.diagnose_json)
     name = summary.get("name") or cfg.get("name") or run_dir.name
     status = summary.get("status", "unknown")
     head: list[Block] = [

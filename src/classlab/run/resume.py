@@ -149,15 +149,9 @@ def _drop_after(files: RunFiles, epoch: int, steps: int, keep_midepoch: bool = F
 # --------------------------------------------------------------------------- one config
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _flat(cfg: Config) -> dict[str, object]:
+    """Full key -> value of every leaf of ``cfg``."""
+    return {key: value for key, value, _ in config.walk(cfg)}
 
 
 def _may_change(key: str) -> bool:
@@ -175,10 +169,10 @@ def check_config(files: RunFiles, cfg: Config, state: dict | None,
     if state is None or not isinstance(state.get("config"), dict):
         return {}
     try:
-        before = _flat(config.to_dict(config.from_dict(state["config"])))
+        before = _flat(config.from_dict(state["config"]))
     except config.ConfigError:
         return {}  # a checkpoint of an older classlab: nothing to compare it with
-    now = _flat(config.to_dict(cfg))
+    now = _flat(cfg)
     diff = {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
             if before.get(k) != now.get(k)}
     extended = [e.get("to") for e in read_events(files.history) if e.get("event") == "extended"]

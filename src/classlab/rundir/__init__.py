@@ -14,6 +14,7 @@ from classlab.rundir.files import (
     make_folder,
     make_run_dir,
     read_json,
+    read_json_object,
     run_folder,
     save_figure,
     write_json,
@@ -29,6 +30,6 @@ from classlab.rundir.layout import (
 __all__ = [
     "DYNAMICS_FIELDS", "METRIC_FIELDS", "PREDICTION_FIELDS", "GridFiles", "RunDirError",
     "RunFiles", "all_or_nothing", "atomic_write_bytes", "atomic_write_text", "make_folder",
-    "make_run_dir", "read_json",
+    "make_run_dir", "read_json", "read_json_object",
     "run_folder", "save_figure", "write_json",
 ]

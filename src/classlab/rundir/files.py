@@ -208,6 +208,16 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object file as a dict; None when it is absent, unreadable, not JSON or not an
+    object (for readers to whom a damaged file is the same as none: report, card, predict)."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
     """A matplotlib Figure as a PNG, written atomically (the one way figures are saved).
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from classlab.config import ConfigError
 from classlab.engine import Amp
-from classlab.rundir import read_json
+from classlab.rundir import RunFiles, read_json_object
 from classlab.rundir.lock import hold
 from classlab.tools.predict import LoadedModel, load_model
 
@@ -47,12 +47,9 @@ class RawRGB(nn.Module):
 
 def metadata(lm: LoadedModel) -> dict[str, str]:
     """What a consumer needs to use the file, as strings."""
-    summary = {}
-    try:
-        summary = read_json(lm.run_dir / "summary.json")
-    except (OSError, ValueError):
-        pass
-    test_acc = (summary.get("final") or {}).get("test_acc") if isinstance(summary, dict) else None
+    summary = read_json_object(RunFiles(lm.run_dir).summary) or {}
+    final = summary.get("final")
+    test_acc = final.get("test_acc") if isinstance(final, dict) else None
     try:
         ours = version("classlab")
     except PackageNotFoundError:

@@ -28,7 +28,8 @@ from classlab.data import DataError
 from classlab.data.imagefolder import IMAGE_SUFFIXES, read_image
 from classlab.engine import Amp, Normalizer, predict_logits, resolve_device
 from classlab.models import build_model
-from classlab.rundir import RunFiles, atomic_write_text, read_json, run_folder
+from classlab.run.session import recorded_speed
+from classlab.rundir import RunFiles, atomic_write_text, read_json_object, run_folder
 from classlab.rundir.checkpoint import check_weights_fit, eval_weights, load_checkpoint
 
 # A picture whose longer side is this many times the training size or more loses most of its
@@ -107,22 +108,14 @@ def load_model(run_dir: str | Path, device: str | None = None) -> LoadedModel:
 
 
 def _recorded_speed(files: RunFiles) -> dict:
-    try:
-        summary = read_json(files.summary)
-    except (OSError, ValueError):
-        return {}
-    speed = summary.get("speed") if isinstance(summary, dict) else None
-    if not isinstance(speed, dict) or speed.get("precision") not in ("fp32", "bf16", "fp16"):
-        return {}
-    return speed
+    """The run's recorded precision and memory format ({} when none, or not one we know)."""
+    speed = recorded_speed(files) or {}
+    return speed if speed.get("precision") in ("fp32", "bf16", "fp16") else {}
 
 
 def _temperature(files: RunFiles) -> float | None:
-    try:
-        diag = read_json(files.diagnose_json)
-        t = (diag.get("calibration") or {}).get("temperature")
-    except (OSError, ValueError, AttributeError):
-        return None
+    cal = (read_json_object(files.diagnose_json) or {}).get("calibration")
+    t = cal.get("temperature") if isinstance(cal, dict) else None
     return float(t) if isinstance(t, (int, float)) and t > 0 else None
 
 
