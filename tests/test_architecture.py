@@ -20,6 +20,7 @@ LAYERS = [
     {"api"},
     {"grid", "tools"},
     {"compare"},
+    {"notebook"},  # the notebook display (live progress, cards), used by the layers above
     {"run"},
     {"report", "diagnose"},
     {"engine"},

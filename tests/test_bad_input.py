@@ -308,6 +308,51 @@ CASES = [
                           "{root}/out"], 2, "data.label_noise_kind"),
     ("exclude-missing-file", ["train", "{tiny}", "data.exclude={root}/nothing.csv", "--out",
                               "{root}/out"], 2, "nothing.csv"),
+    ("compile-maybe", ["train", "{tiny}", "train.compile=maybe", "--out", "{root}/out"], 2,
+     "train.compile: expected true, false or auto, got 'maybe'"),
+    # augmentation policies (issue 25): an unknown policy, a magnitude out of range, mixup
+    # with a non-positive alpha
+    ("aug-unknown-policy", ["train", "{tiny}", "aug.ops=[crop,randaugmnt]", "--out",
+                            "{root}/out"], 2,
+     "aug.ops: unknown value 'randaugmnt'; allowed: autoaugment, colorjitter, crop, cutmix"),
+    ("aug-magnitude-range", ["train", "{tiny}", "aug.ops=[randaugment]",
+                             "aug.randaugment_m=12", "--out", "{root}/out"], 2,
+     "aug.randaugment_m: 12.0 is out of range; must be ≤ 10.0"),
+    ("aug-mixup-alpha", ["train", "{tiny}", "aug.ops=[mixup]", "aug.mixup_alpha=0", "--out",
+                         "{root}/out"], 2, "aug.mixup_alpha: 0.0 is out of range; must be > 0.0"),
+    ("aug-albu-policy-magnitude", ["train", "{tiny}", "aug.backend=albumentations",
+                                   "aug.albumentations=[{{name: RandAugment, magnitude: 11}}]",
+                                   "--out", "{root}/out"], 2,
+     "aug.albumentations[0].magnitude: RandAugment refuses 11; allowed: a number from 0 to 10"),
+    # recipes by name (issue 27): a name that is no file and no recipe, the wrong kind
+    ("train-unknown-recipe", ["train", "fsat", "--out", "{root}/out"], 2,
+     "cannot read config fsat: no such file, and no recipe of that name; recipes: "
+     "demo_synthetic, fast"),
+    ("grid-unknown-recipe", ["grid", "spce", "--out", "{root}/out"], 2,
+     "cannot read config spce: no such file, and no recipe of that name"),
+    ("api-style-name-in-config", ["config", "quickstrat"], 2, "no recipe of that name"),
+    ("train-a-grid-recipe", ["train", "spec", "--out", "{root}/out"], 2,
+     "spec: the recipe seed_grid is a grid file, not a config; run it with `classlab grid "
+     "spec`"),
+    ("grid-a-config-recipe", ["grid", "fast", "--out", "{root}/out"], 2,
+     "fast: the recipe fast is a config, not a grid file"),
+    ("recipes-copy-over-a-file", ["recipes", "copy", "fast", "{tiny}"], 2,
+     "exists; pass --force to replace it"),
+    ("recipes-copy-unknown", ["recipes", "copy", "fsat", "{root}/x.yaml"], 2,
+     "recipes copy: no recipe 'fsat'; recipes: demo_synthetic"),
+    ("recipes-copy-no-folder", ["recipes", "copy", "fast", "{root}/nowhere/x.yaml"], 2,
+     "nowhere: no such folder"),
+    ("recipes-copy-no-name", ["recipes", "copy"], 2, "recipes copy: give a recipe name"),
+    ("recipes-unknown-action", ["recipes", "cp", "fast"], 2,
+     "recipes: unknown action 'cp'; allowed: list, show, copy"),
+    ("recipes-show-unknown", ["recipes", "show", "fsat"], 2, "recipes show: no recipe 'fsat'"),
+    # MLflow (issue 27)
+    ("mlflow-not-a-bool", ["train", "{tiny}", "log.mlflow=maybe", "--out", "{root}/out"], 2,
+     "log.mlflow: expected true or false, got 'maybe'"),
+    ("mlflow-uri-not-text", ["train", "{tiny}", "log.mlflow_uri=[1]", "--out", "{root}/out"],
+     2, "log.mlflow_uri: expected a string"),
+    ("mlflow-experiment-not-text", ["config", "{tiny}", "log.mlflow_experiment=[a]"], 2,
+     "log.mlflow_experiment: expected a string"),
 ]
 
 
@@ -331,6 +376,33 @@ def test_tuned_grid_without_optuna_names_the_extra(world, capsys, monkeypatch):
     code, _, err = run(["grid", world["tune_good"], "--out", world["root"] / "out"], capsys)
     line = one_line(err)
     assert code == 2 and "pip install 'classlab[tune]'" in line, line
+    assert snapshot(world["root"]) == before
+
+
+def test_policies_without_kornia_name_the_extra(world, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kornia", None)  # `import kornia` raises ImportError
+    monkeypatch.setitem(sys.modules, "kornia.enhance", None)
+    before = snapshot(world["root"])
+    code, _, err = run(["train", world["tiny"], "aug.ops=[crop,trivialaugment]", "--out",
+                        world["root"] / "out"], capsys)
+    line = one_line(err)
+    assert code == 2 and line.endswith("aug.ops: trivialaugment uses Kornia's image ops and "
+                                       "kornia is not installed: pip install "
+                                       "'classlab[kornia]'"), line
+    assert snapshot(world["root"]) == before
+
+
+@pytest.mark.parametrize("argv", [["train", "{tiny}"], ["grid", "{tune_good}"]],
+                         ids=["train", "grid"])
+def test_mlflow_without_the_package_names_the_extra(world, argv, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    monkeypatch.chdir(world["root"])
+    before = snapshot(world["root"])
+    argv = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv]
+    code, _, err = run([*argv, "log.mlflow=true", "--out", world["root"] / "out"], capsys)
+    line = one_line(err)
+    assert code == 2 and line.startswith(f"classlab {argv[0]}: error: ") and line.endswith(
+        "log.mlflow=true needs the mlflow package: pip install 'classlab[mlflow]'"), line
     assert snapshot(world["root"]) == before
 
 

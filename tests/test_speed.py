@@ -81,10 +81,13 @@ def test_probe_of_one_candidate_measures_nothing():
 
 
 def _cfg(**train):
+    # compile: false: the fake timers here report seconds per step that would make
+    # train.compile: auto compile for real (tests/test_compile_auto.py tests that choice)
     return config.from_dict({"data": {"name": "synthetic", "synthetic_size": 200},
                              "model": {"width": 16},
                              "train": {"batch_size": 32, "device": "cpu", "threads": 1,
-                                       "progress": False, "epochs": 1, **train},
+                                       "progress": False, "epochs": 1, "compile": False,
+                                       **train},
                              "diagnose": {"enabled": False}, "log": {"dynamics_every": 0}})
 
 

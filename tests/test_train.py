@@ -14,6 +14,8 @@ from classlab import config
 from classlab.augment import make_generator
 from classlab.cli import main
 from classlab.engine import TTA, Dist, Ema, Normalizer, evaluate
+from classlab.engine.amp import Amp
+from classlab.engine.evaluate import view_logits
 from classlab.run.fit import fit, update_best
 from classlab.run.resume import resume_run
 from classlab.run.session import session_from_run
@@ -183,6 +185,33 @@ def test_tta_views_are_flips_and_one_pixel_shifts():
     assert len(views) == 6 and torch.equal(views[1], x.flip(-1))
     assert torch.equal(views[2][..., 1:, 1:], x[..., :-1, :-1])  # moved down-right by one
     assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])
+
+
+def test_tta_fraction_rescores_only_the_least_confident_images():
+    """Logits = the 1x1 image's 3 pixels, plus 10 on class 0 in every call after the first
+    (the model tells the views apart by a call counter). 4 images, fraction 0.5: the 2 least
+    confident plain views (images 1 and 3, the flattest softmax) get the mean of the 2 flip
+    views, +5 on class 0; images 0 and 2 keep their plain logits."""
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):  # [B, 3, 1, 1] -> [B, 3], plus 10 on class 0 for a second view
+            calls.append(len(x))
+            out = x.flatten(1).clone()
+            if len(calls) > 1:
+                out[:, 0] += 10.0
+            return out
+
+    x = torch.tensor([[5.0, 0, 0], [1, 1, 0], [0, 6, 0], [0, 0.5, 0.4]]).view(4, 3, 1, 1)
+    amp = Amp("cpu", "fp32")
+    out = view_logits(Counting(), x, amp, "flip", fraction=0.5)
+    assert calls == [4, 2]  # all 4 plain, then the second view of 2 images only
+    plain = x.flatten(1)
+    assert torch.equal(out[[0, 2]], plain[[0, 2]])  # confident: untouched
+    assert torch.allclose(out[[1, 3]], plain[[1, 3]] + torch.tensor([5.0, 0, 0]))  # mean of 2
+    calls.clear()
+    full = view_logits(Counting(), x, amp, "flip", fraction=1.0)
+    assert calls == [4, 4] and torch.allclose(full, plain + torch.tensor([5.0, 0, 0]))
 
 
 def test_eval_every_skips_epochs_but_always_scores_the_last(tmp_path):

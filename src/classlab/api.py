@@ -21,11 +21,13 @@ from typing import Any
 
 from classlab import config
 from classlab.config import Config, ConfigError
+from classlab.config.recipes import locate
 from classlab.fmt import missing, pct
 from classlab.rundir.files import read_json, run_folder
 from classlab.rundir.layout import RunFiles
 
-__all__ = ["Run", "load_run", "resolve_config", "train"]
+__all__ = ["Run", "callable_package", "load_grid", "load_run", "lr_find", "resolve_config",
+           "train"]
 
 SPLITS = ("train", "val", "test")
 
@@ -36,7 +38,8 @@ SPLITS = ("train", "val", "test")
 def resolve_config(config_or_path: Config | Mapping[str, Any] | str | os.PathLike | None = None,
                    overrides: Mapping[str, Any] | None = None, **kw: Any) -> Config:
     """A validated :class:`Config` from a Config, a mapping (as in YAML) or a YAML path
-    (None: the defaults), with ``overrides`` ({"train.epochs": 2}) and keyword overrides
+    (a bare name that is no file: the shipped recipe, ``"quickstart"``; None: the
+    defaults), with ``overrides`` ({"train.epochs": 2}) and keyword overrides
     (``train__epochs=2``; ``__`` stands for the dot) applied in that order."""
     if config_or_path is None:
         raw: dict = {}
@@ -44,8 +47,8 @@ def resolve_config(config_or_path: Config | Mapping[str, Any] | str | os.PathLik
         raw = config.to_dict(config_or_path)
     elif isinstance(config_or_path, Mapping):
         raw = copy.deepcopy(config.plain(config_or_path))
-    elif isinstance(config_or_path, (str, os.PathLike)):
-        raw = config.read_yaml(config_or_path)
+    elif isinstance(config_or_path, (str, os.PathLike)):  # a file, else a recipe's name
+        raw = config.read_yaml(locate(config_or_path))
     else:
         raise ConfigError(f"expected a Config, a mapping or a YAML path, got "
                           f"{type(config_or_path).__name__}")
@@ -159,6 +162,64 @@ class Run:
 
         return Path(build_report(self.dir)[1])
 
+    # ------------------------------------------------------------------- in a notebook
+
+    def _repr_html_(self) -> str:
+        """The run's card: status, key numbers, a small curves picture, the run folder."""
+        from classlab.notebook.runview import card
+
+        return card(self.dir, self.summary)
+
+    def show(self, section: str | None = None) -> None:
+        """The report inline in a notebook, built now from the run folder; ``section``:
+        one part of it (mistakes, cams, calibration, weights, data, curves, confusion,
+        per_class, epochs, summary, config). Outside a notebook: where report.html is."""
+        from classlab.notebook.runview import show_report
+
+        show_report(self.dir, section)
+
+    def html(self, section: str | None = None) -> str:
+        """What :meth:`show` draws, as an HTML fragment."""
+        from classlab.notebook.runview import report_html
+
+        return report_html(self.dir, section)
+
+    def plot_curves(self) -> Any:
+        """Loss and accuracy per epoch and the LR, as a matplotlib Figure."""
+        from classlab.notebook.runview import figure
+
+        return figure(self.dir, "curves")
+
+    def plot_confusion(self) -> Any:
+        """The test set's confusion matrix (after :meth:`diagnose`), as a Figure."""
+        from classlab.notebook.runview import figure
+
+        return figure(self.dir, "confusion")
+
+    def plot_per_class(self) -> Any:
+        """Test accuracy per class (after :meth:`diagnose`), as a Figure."""
+        from classlab.notebook.runview import figure
+
+        return figure(self.dir, "per_class")
+
+    def plot_calibration(self) -> Any:
+        """The reliability diagram (after :meth:`diagnose`), as a Figure."""
+        from classlab.notebook.runview import figure
+
+        return figure(self.dir, "calibration")
+
+    def plot_mistakes(self) -> Any:
+        """The most confident mistakes (after :meth:`diagnose`), as a Figure."""
+        from classlab.notebook.runview import figure
+
+        return figure(self.dir, "mistakes")
+
+    def plot_cams(self) -> Any:
+        """The CAMs of those mistakes per layer (after :meth:`diagnose`), as a Figure."""
+        from classlab.notebook.runview import figure
+
+        return figure(self.dir, "cams")
+
 
 def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
              device: str | None = None) -> Run:
@@ -175,14 +236,62 @@ def train(config_or_path: Config | Mapping[str, Any] | str | os.PathLike | None 
     """Train one run, as ``classlab train`` does, and return it as a :class:`Run`.
 
     ``config_or_path``: a :class:`~classlab.config.Config`, a mapping shaped like the YAML
-    file, or a YAML path (None: the defaults). ``overrides``: ``{"train.epochs": 2, ...}``;
-    keyword arguments are overrides too, with ``__`` for the dot (``train__epochs=2``,
-    ``optim__lr=3e-3``). The run folder goes under ``out``; with ``diagnose.enabled`` the
-    diagnostics and report are written at the end, as on the command line.
+    file, or a YAML path or a shipped recipe's name (``"quickstart"``, ``"fast"``: see
+    ``classlab recipes``; a file of that name wins) (None: the defaults). ``overrides``:
+    ``{"train.epochs": 2, ...}``; keyword arguments are overrides too, with ``__`` for the
+    dot (``train__epochs=2``, ``optim__lr=3e-3``). The run folder goes under ``out``; with
+    ``diagnose.enabled`` the diagnostics and report are written at the end, as on the command
+    line.
     """
+    from classlab.notebook.live import live_run
     from classlab.run.flow import train_run
 
     cfg = resolve_config(config_or_path, overrides, **kw)
     root = Path(data_dir) if data_dir is not None else None
-    result = train_run(cfg, out=Path(out), data_root=root)
+    with live_run():  # in a notebook: the epoch table and bar, in place
+        result = train_run(cfg, out=Path(out), data_root=root)
     return Run(result.run_dir, data_dir=root, session=result.session)
+
+
+# --------------------------------------------------------------------------- grids, lr-find
+
+
+def callable_package(name: str) -> Any:
+    """``classlab.grid`` / ``classlab.compare``: the subpackage, which is also callable
+    (``classlab.grid("grid.yaml", ...)`` runs a grid, :func:`classlab.grid.call.run_grid`;
+    ``classlab.compare(a, b)`` compares runs, :func:`classlab.compare.call.compare`).
+    Imported on first use: it imports torch."""
+    if name == "grid":
+        import classlab.grid as package
+    elif name == "compare":
+        import classlab.compare as package
+    else:
+        raise AttributeError(f"module 'classlab' has no attribute {name!r}")
+    return package
+
+
+def load_grid(grid_dir: str | os.PathLike) -> Any:
+    """A grid folder as a :class:`classlab.notebook.grids.Grid`: ``.table`` (a pandas
+    DataFrame), ``.findings``, ``.points``; a notebook shows its findings and table."""
+    from classlab.grid.call import open_grid
+
+    return open_grid(grid_dir)
+
+
+def lr_find(config_or_path: Config | Mapping[str, Any] | str | os.PathLike | None = None, *,
+            data_dir: str | os.PathLike | None = None, steps: int = 200,
+            start_lr: float = 1e-7, end_lr: float = 10.0,
+            overrides: Mapping[str, Any] | None = None, **kw: Any) -> Any:
+    """The LR range test of ``classlab lr-find`` on the config's model, optimizer and
+    training batches (overrides as in :func:`train`); returns its
+    :class:`~classlab.tools.lr_find.LRFindResult` (``suggestion``, ``describe()``,
+    ``figure()``). In a notebook its bar runs in place and its plot is shown at the end."""
+    from classlab.notebook.lrfind import run_lr_find
+    from classlab.run.session import build_session, torch_threads
+    from classlab.tools.lr_find import lr_find as sweep
+
+    cfg = resolve_config(config_or_path, overrides, **kw)
+    with torch_threads(cfg.train.threads):
+        s = build_session(cfg, Path(data_dir) if data_dir is not None else None)
+        return run_lr_find(lambda: sweep(s, start_lr=start_lr, end_lr=end_lr, steps=steps,
+                                         progress=cfg.train.progress))

@@ -1,5 +1,5 @@
 """Command line: ``classlab train | eval | diagnose | data-issues | report | runs | grid | table
-| compare | schedule | lr-find | config | predict | export``.
+| compare | schedule | lr-find | config | recipes | predict | export``.
 
 Every user-facing failure (bad config, missing data, bad run folder, corrupt checkpoint) ends
 as one line on stderr and a non-zero exit status: 2 for bad input, 1 for a run that failed,
@@ -136,6 +136,14 @@ def _add_tools(sub) -> None:
     p = sub.add_parser("config", help="print the config reference, or a resolved config")
     p.add_argument("config", nargs="?")
     p.add_argument("overrides", nargs="*")
+
+    p = sub.add_parser("recipes", help="the shipped configs and grids, trained by name "
+                       "(classlab train fast, classlab grid spec): list, show or copy one")
+    p.add_argument("action", nargs="?", default="list", help="list (default), show or copy")
+    p.add_argument("name", nargs="?", help="show, copy: the recipe")
+    p.add_argument("dest", nargs="?", type=Path,
+                   help="copy: the file (or folder) to write (default ./NAME.yaml)")
+    p.add_argument("--force", action="store_true", help="copy: replace an existing file")
 
 
 def _add_use(sub) -> None:
@@ -365,11 +373,46 @@ def cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(a: argparse.Namespace) -> int:
+    from classlab.config import ConfigError, recipes
+
+    actions = ("list", "show", "copy")
+    if a.action not in actions:
+        raise ConfigError(f"recipes: unknown action {a.action!r}; allowed: {', '.join(actions)}")
+    if a.action == "list":
+        if a.name is not None:
+            raise ConfigError("recipes list takes no name; classlab recipes show NAME prints one")
+        found = recipes.recipes()
+        width = max(len(r.label) for r in found)
+        print(f"{'name':<{width}}  kind  what it trains | what to expect [where measured]")
+        for r in found:
+            print(r.line(width))
+        print("train one: classlab train NAME (a grid: classlab grid NAME); "
+              "edit one: classlab recipes copy NAME [FILE]")
+        return 0
+    if a.name is None:
+        raise ConfigError(f"recipes {a.action}: give a recipe name; recipes: "
+                          f"{', '.join(recipes.names())}")
+    if a.action == "show":
+        r = recipes.find(a.name)
+        if r is None:
+            raise ConfigError(f"recipes show: no recipe {a.name!r}; recipes: "
+                              f"{', '.join(recipes.names())}")
+        print(r.path.read_text(encoding="utf-8"), end="")
+        return 0
+    out = recipes.copy(a.name, a.dest, force=a.force)
+    kind = recipes.find(a.name).kind
+    print(f"Wrote {out} (recipe {a.name}); edit it, then: "
+          f"classlab {'grid' if kind == 'grid' else 'train'} {out}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "report": cmd_report, "runs": cmd_runs, "grid": cmd_grid, "table": cmd_table,
             "compare": cmd_compare, "data-issues": cmd_data_issues,
             "predict": cmd_predict, "export": cmd_export,
-            "schedule": cmd_schedule, "lr-find": cmd_lr_find, "config": cmd_config}
+            "schedule": cmd_schedule, "lr-find": cmd_lr_find, "config": cmd_config,
+            "recipes": cmd_recipes}
 
 
 # Exceptions that mean "bad input" (one line, exit 2) and "the run failed" (one line, exit

@@ -3,8 +3,15 @@
 - :mod:`~classlab.augment.batched`: whole-batch tensor ops on the batch's device (crop,
   flip, rotate, cutout; alternating flip), each drawing from an explicit generator. The
   names are :data:`classlab.config.schema.AUGMENTATIONS`.
+- :mod:`~classlab.augment.policies`: RandAugment, TrivialAugment, AutoAugment (CIFAR-10),
+  colour jitter and random erasing, with the same conventions; their image ops in
+  :mod:`~classlab.augment.imageops`, on pixel values (:mod:`~classlab.augment.pixels`).
+- :mod:`~classlab.augment.mixing`: mixup and CutMix, applied at the training step with their
+  soft targets.
 - :mod:`~classlab.augment.albu`: the optional albumentations backend, image by image in
   DataLoader workers (imported only when ``aug.backend: albumentations``).
+
+Every batched name, whichever module implements it, is registered in :data:`AUGMENTATIONS`.
 """
 
 from classlab.augment.batched import (
@@ -19,6 +26,13 @@ from classlab.augment.batched import (
     random_flip,
     random_rotate,
 )
+from classlab.augment.mixing import MIXING, MIXING_OPS, Mix, make_mixer, mixed_cross_entropy
+from classlab.augment.pixels import PixelStats
+from classlab.augment.policies import POLICY_OPS
 
-__all__ = ["AUGMENTATIONS", "AugFn", "alternate_flip", "augment", "cutout", "epoch_images",
-           "make_generator", "random_crop", "random_flip", "random_rotate"]
+AUGMENTATIONS.update(POLICY_OPS)
+AUGMENTATIONS.update(MIXING_OPS)
+
+__all__ = ["AUGMENTATIONS", "MIXING", "AugFn", "Mix", "PixelStats", "alternate_flip",
+           "augment", "cutout", "epoch_images", "make_generator", "make_mixer",
+           "mixed_cross_entropy", "random_crop", "random_flip", "random_rotate"]

@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from classlab.augment.albu_policies import POLICY_NAMES, build_policy
 from classlab.config import ConfigError, check_albumentations_shape
 from classlab.config import show as _show
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["AlbuBatches", "INSTALL_HINT", "build_compose", "check_transforms", "transform_names"]
+__all__ = ["AlbuBatches", "INSTALL_HINT", "build_compose", "check_transforms", "seed_compose",
+           "transform_names"]
 
 KEY = "aug.albumentations"
 INSTALL_HINT = ("aug.backend=albumentations needs the albumentations package: "
@@ -60,7 +62,7 @@ def _import() -> Any:
     major = str(getattr(A, "__version__", "0")).split(".")[0]
     if not major.isdigit() or int(major) < 2:
         # The default pipeline and the per-batch seeding use the 2.x API (fill=, Pad,
-        # num_holes_range=, Compose.set_random_seed).
+        # num_holes_range=, Compose.set_random_state).
         raise ConfigError(f"{INSTALL_HINT} (version 2 or later; found {A.__version__})")
     return A
 
@@ -116,6 +118,8 @@ def _resolve(value: Any, arg: str, fill: tuple[float, ...]) -> Any:
 def _build_one(A: Any, i: int, spec: dict, fill: tuple[float, ...]) -> Any:
     key = f"{KEY}[{i}]"
     name = spec["name"]
+    if name in POLICY_NAMES:  # classlab's policies, made of albumentations transforms
+        return build_policy(A, key, spec, fill)
     names = transform_names()
     if name not in names:
         # the closest spellings first, then names containing what was typed, then A, B, ...
@@ -124,7 +128,7 @@ def _build_one(A: Any, i: int, spec: dict, fill: tuple[float, ...]) -> Any:
         close += [n for n in names if name.lower() in n.lower() and n not in close]
         raise ConfigError(f"{key}.name: unknown transform {_show(name)}; allowed: one of the "
                           f"{len(names)} albumentations transforms, e.g. "
-                          f"{', '.join((close or names)[:8])}")
+                          f"{', '.join((close or names)[:8])}, or {', '.join(POLICY_NAMES)}")
     cls = getattr(A, name)
     allowed = _arguments(cls)
     for arg in spec:
@@ -158,6 +162,22 @@ def check_transforms(specs: list[dict]) -> None:
     build_compose(specs)
 
 
+def seed_compose(compose: Any, seed: int) -> None:
+    """Seed ``compose`` so that all its transforms draw from one shared stream.
+
+    ``Compose.set_random_seed`` (albumentations 2.0.8) gives every transform its own
+    generator seeded with the *same* seed: their draws are then identical, so two
+    ``p=0.5`` transforms fire together half the time instead of a quarter, and an
+    AutoAugment sub-policy's two ops are applied together far more often than their
+    probabilities say. One numpy and one Python generator handed to all of them keeps the
+    draws independent and still depends on ``seed`` alone."""
+    import random
+
+    import numpy as np
+
+    compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 # --------------------------------------------------------------------------- data loading
 
 
@@ -188,7 +208,7 @@ class _EpochImages:
         seed, idx = key
         if self._compose is None:
             self._compose = build_compose(self.specs, self.fill)
-        self._compose.set_random_seed(seed)
+        seed_compose(self._compose, seed)
         out = np.stack([self._compose(image=self.images[i])["image"] for i in idx])
         return torch.from_numpy(out).permute(0, 3, 1, 2)  # NCHW, like the rest of classlab
 

@@ -10,19 +10,32 @@ over images, so the cost stays a handful of kernel launches per batch on a GPU.
 
 The input is never modified in place. An op whose parameters make it the identity (crop
 padding 0, rotation 0 degrees, flip/cutout probability 0) returns ``x`` itself.
+
+Every op also takes the batch's normalisation statistics (:class:`~classlab.augment.pixels.
+PixelStats`, optional): the policy ops of :mod:`classlab.augment.policies` un-normalise with
+them; the ops here work in normalised units and ignore them. The mixing ops of
+:mod:`classlab.augment.mixing` are in the registry too, but :func:`augment` skips them: they
+change the targets, so the training step applies them (:mod:`classlab.engine.epoch`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
+from classlab.augment.pixels import PixelStats
 from classlab.config import AugConfig
 
-AugFn = Callable[[torch.Tensor, torch.Generator, AugConfig], torch.Tensor]
+
+class AugFn(Protocol):
+    """A registry op: ``(x [N,C,H,W] normalised, generator, config, stats) -> new batch``."""
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, cfg: AugConfig,
+                 stats: PixelStats | None = None) -> torch.Tensor: ...
+
 
 __all__ = [
     "AUGMENTATIONS",
@@ -105,7 +118,8 @@ def _translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad_mode: st
     return out if keep is None else out * keep
 
 
-def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig,
+                stats: PixelStats | None = None) -> torch.Tensor:
     """Pad by ``cfg.crop_padding`` (``cfg.pad_mode``) and take a random ``H x W`` crop.
 
     That is a per-image integer translation by ``(dy, dx)``, each uniform in ``[-p, p]``;
@@ -125,7 +139,8 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.
 # --------------------------------------------------------------------------- flip
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+def random_flip(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig,
+                stats: PixelStats | None = None) -> torch.Tensor:
     """Flip each image left-right with probability ``cfg.flip_p``."""
     _check_batch(x, "random_flip")
     if cfg.flip_p <= 0:
@@ -167,7 +182,8 @@ def _rotate(x: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-def random_rotate(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+def random_rotate(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig,
+                  stats: PixelStats | None = None) -> torch.Tensor:
     """Rotate each image by an angle uniform in ``[-d, d]`` degrees (``d = cfg.rotate_degrees``)."""
     _check_batch(x, "random_rotate")
     d = cfg.rotate_degrees
@@ -198,7 +214,8 @@ def _cutout_mask(
     return in_y[:, :, None] & in_x[:, None, :]
 
 
-def cutout(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
+def cutout(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig,
+           stats: PixelStats | None = None) -> torch.Tensor:
     """With probability ``cfg.cutout_p`` per image, zero (= mean colour) a square of side
     ``cfg.cutout_size`` whose centre is uniform over the image's pixels, clipped at borders
     (DeVries & Taylor 2017), so squares near an edge remove fewer pixels."""
@@ -225,12 +242,21 @@ AUGMENTATIONS: dict[str, AugFn] = {
 }
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tensor:
-    """Apply ``AUGMENTATIONS[name]`` for each name in ``cfg.ops``, in order.
+# The registry names applied at the training step, not here (classlab.augment.mixing.MIXING;
+# written out because that module registers itself after this one).
+STEP_OPS = ("cutmix", "mixup")
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig,
+            stats: PixelStats | None = None) -> torch.Tensor:
+    """Apply ``AUGMENTATIONS[name]`` for each name in ``cfg.ops``, in order; ``stats``: the
+    mean and std ``x`` was normalised with (the policy ops need them; None: ``x`` holds
+    pixel values in [0, 1]). The mixing ops (mixup, cutmix) are skipped here.
 
     With ``cfg.flip_mode == "alternate"`` the per-batch flip is skipped: the training loop
     mirrors the stored images per epoch instead (:func:`alternate_flip`)."""
-    ops = [name for name in cfg.ops if not (name == "flip" and cfg.flip_mode == "alternate")]
+    ops = [name for name in cfg.ops if not (name == "flip" and cfg.flip_mode == "alternate")
+           and name not in STEP_OPS]
     i = 0
     while i < len(ops):
         fn = AUGMENTATIONS.get(ops[i])
@@ -242,7 +268,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugConfig) -> torch.Tens
             x = _crop_then_flip(x, gen, cfg)
             i += 2
             continue
-        x = fn(x, gen, cfg)
+        x = fn(x, gen, cfg, stats)
         i += 1
     return x
 

@@ -18,11 +18,12 @@ from typing import Any
 import yaml
 
 from classlab.config.errors import ConfigError, show, show_key
+from classlab.config.recipes import locate
 from classlab.config.schema import Config
 from classlab.config.validate import validate
 
 _MAPPINGS = list[dict[str, Any]]  # the type of aug.albumentations
-_AUTO_BOOL = bool | str  # true, false or "auto" (train.channels_last)
+_AUTO_BOOL = bool | str  # true, false or "auto" (train.channels_last, train.compile)
 _MATRIX = list[list[float]]  # data.label_noise_matrix
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -227,8 +228,9 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML file (or the defaults when ``path`` is None) and apply overrides."""
-    raw = read_yaml(path) if path is not None else {}
+    """Load a YAML file (or the defaults when ``path`` is None) and apply overrides. A bare
+    name that is no file is a shipped recipe (``load("fast")``; :func:`recipes.locate`)."""
+    raw = read_yaml(locate(path)) if path is not None else {}
     return from_dict(apply_overrides(raw, list(overrides)))
 
 

@@ -24,7 +24,8 @@ MODELS = ("fastnet", "resnet18", "resnet34")
 NORMS = ("bn", "gn", "ln")
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
 SCHEDULERS = ("cosine", "linear", "none", "onecycle", "plateau", "step")
-AUGMENTATIONS = ("crop", "cutout", "flip", "rotate")
+AUGMENTATIONS = ("autoaugment", "colorjitter", "crop", "cutmix", "cutout", "erasing", "flip",
+                 "mixup", "randaugment", "rotate", "trivialaugment")
 LABEL_NOISE_KINDS = ("matrix", "pairs", "symmetric")
 # data.label_noise_kind=pairs on CIFAR-10: each class and its partner (both ways), chosen
 # among the classes a trained CIFAR-10 network confuses most; any other dataset pairs its
@@ -208,10 +209,14 @@ class AugConfig:
                       "whole-batch tensor ops on the training device; albumentations = the "
                       "aug.albumentations transforms, image by image in DataLoader workers "
                       "(needs the albumentations package; aug.ops and the batched ops' "
-                      "settings are then ignored, except by lr-find, which always uses them)",
+                      "settings are then ignored, except by lr-find, which always uses them, "
+                      "and except mixup and cutmix, which act on the batch at the training "
+                      "step under either backend)",
                       choices=["batched", "albumentations"])
     ops: list[str] = _f(["crop", "flip", "rotate", "cutout"],
-                        "batched train-time augmentations, applied in this order",
+                        "batched train-time augmentations, applied in this order; mixup and "
+                        "cutmix (which also mix the targets) are applied last, at the training "
+                        "step, whatever their place in the list",
                         choices=AUGMENTATIONS)
     crop_padding: int = _f(4, "crop: pixels of padding before the random 32x32 crop", ge=0,
                            unit="pixels")
@@ -227,6 +232,48 @@ class AugConfig:
     cutout_size: int = _f(16, "cutout: side of the zeroed square (clipped at borders)", ge=1,
                           unit="pixels")
     cutout_p: float = _f(1.0, "cutout: probability per image", ge=0.0, le=1.0)
+    randaugment_n: int = _f(3, "randaugment: ops applied to each image, each uniform over its "
+                            "14 (identity included); 3 is the paper's CIFAR-10 setting", ge=1,
+                            le=14, unit="ops")
+    randaugment_m: float = _f(5.0, "randaugment: magnitude of every op on the paper's 0-10 "
+                              "scale (10: rotation 30 degrees, shear 0.3, translation 150/331 "
+                              "of the side, colour/contrast/brightness/sharpness factor 1 +- "
+                              "0.9, posterize to 4 bits, solarize at threshold 0); 5 is the "
+                              "paper's CIFAR-10 setting for Wide-ResNet-28-10", ge=0.0,
+                              le=10.0)
+    jitter_brightness: float = _f(0.4, "colorjitter: brightness factor uniform in [1 - j, 1 + "
+                                  "j] per image (0: off)", ge=0.0, le=1.0)
+    jitter_contrast: float = _f(0.4, "colorjitter: contrast factor uniform in [1 - j, 1 + j] "
+                                "(0: off)", ge=0.0, le=1.0)
+    jitter_saturation: float = _f(0.4, "colorjitter: saturation factor uniform in [1 - j, 1 "
+                                  "+ j] (0: off)", ge=0.0, le=1.0)
+    jitter_hue: float = _f(0.0, "colorjitter: hue rotation uniform in [-h, h] turns (0: off)",
+                           ge=0.0, le=0.5, unit="turns")
+    erasing_p: float = _f(0.5, "erasing: probability per image of erasing a random rectangle "
+                          "(Zhong et al.'s CIFAR setting)", ge=0.0, le=1.0)
+    erasing_max_area: float = _f(0.4, "erasing: largest rectangle, as a fraction of the image "
+                                 "(the area is uniform from 0.02 to this; aspect ratio "
+                                 "log-uniform in [0.3, 1/0.3])", gt=0.02, le=1.0,
+                                 unit="fraction")
+    erasing_fill: str = _f("random", "erasing: what replaces the rectangle: random = uniform "
+                           "random pixel values (the paper's), mean = the training set's mean "
+                           "colour", choices=["random", "mean"])
+    mixup_alpha: float = _f(1.0, "mixup: each mixed image's weight is Beta(alpha, alpha) (1: "
+                            "uniform, Zhang et al.'s CIFAR-10 setting). Under mixup or cutmix "
+                            "the loss is the cross-entropy against the mixed soft targets "
+                            "(with train.label_smoothing on both labels), train_loss reports "
+                            "it, and train_acc counts a prediction right when it is the mixed "
+                            "image's dominant label (weight >= 1/2)", gt=0.0)
+    cutmix_alpha: float = _f(1.0, "cutmix: the kept share of each image is Beta(alpha, alpha) "
+                             "(Yun et al.'s CIFAR setting: 1)", gt=0.0)
+    mix_p: float = _f(1.0, "mixup/cutmix: probability that an image is mixed (timm's "
+                      "mixup_prob, drawn per image)", ge=0.0, le=1.0)
+    mix_switch_p: float = _f(0.5, "with both mixup and cutmix in aug.ops: probability that a "
+                             "mixed image gets cutmix rather than mixup (timm's switch_prob)",
+                             ge=0.0, le=1.0)
+    mix_off_epoch: int = _f(0, "mixup/cutmix: no mixing from this epoch on, to end on "
+                            "unmixed images (timm's mixup_off_epoch; 0: mix in every epoch)",
+                            ge=0, unit="epochs")
     albumentations: list[dict[str, Any]] = _f(
         ALBUMENTATIONS_DEFAULT, "backend=albumentations: the transforms, in order, each a "
         "mapping {name: <albumentations class>, <argument>: <value>, ...}; fill: mean is the "
@@ -252,7 +299,12 @@ class TrainConfig:
                                    "channels_last, false = contiguous (NCHW), auto = the faster, "
                                    "measured together with train.precision", unit="auto, true or "
                                    "false")
-    compile: bool = _f(False, "torch.compile the model")
+    compile: bool | str = _f("auto", "torch.compile the training step's network: true, false, "
+                             "or auto = only when the saving per step x the run's steps beats "
+                             "1.25x the compile time, measured for this model, batch, precision "
+                             "and layout at the start of the run (cached per machine; a run "
+                             "too short to gain even if compiling saved 100% is not compiled "
+                             "to check)", unit="auto, true or false")
     sync_bn: bool = _f(False, "under torchrun: synchronise BatchNorm statistics across "
                        "processes (SyncBatchNorm; CUDA only: torch's SyncBatchNorm is "
                        "GPU-only, so a CPU run refuses it)")
@@ -263,6 +315,10 @@ class TrainConfig:
     tta: str = _f("none", "test-time augmentation in evaluation: average the logits of the "
                   "image and its mirror (flip), plus 1-pixel shifts (flip_translate)",
                   choices=["none", "flip", "flip_translate"])
+    tta_fraction: float = _f(1.0, "train.tta on only this fraction of each evaluation batch: "
+                             "the images whose plain view is least confident (lowest top "
+                             "probability); the others keep the plain view's logits. 1: every "
+                             "image", gt=0.0, le=1.0, unit="fraction")
     eval_every: int = _f(1, "evaluate val and test every N epochs and always after the last; "
                          "0: only after the last (skipped epochs log empty cells; saves time "
                          "when evaluation, e.g. with TTA, is costly)", ge=0, unit="epochs")
@@ -298,6 +354,17 @@ class LogConfig:
     tensorboard: bool = _f(False, "also write TensorBoard event files (train/val/test loss "
                            "and acc, lr; one point per epoch) into <run>/tensorboard/; needs "
                            "the tensorboard package")
+    mlflow: bool = _f(False, "also record the run in MLflow: params (the flat config), every "
+                      "number of each epoch's metrics row (step = epoch), the summary's "
+                      "numbers, and the report, config, metrics and checkpoint as artifacts; "
+                      "a grid's points are nested runs under the grid's run; a failed MLflow "
+                      "call warns once and training goes on; needs classlab[mlflow]")
+    mlflow_uri: str = _f("", "MLflow tracking URI, e.g. a server (http://host:5000) (empty: a "
+                         "local SQLite store that needs no server, mlruns/mlflow.db with "
+                         "artifacts in mlruns/artifacts/, in the folder holding the run folders "
+                         "(--out); a grid's: beside its grid folder)")
+    mlflow_experiment: str = _f("classlab", "MLflow experiment the runs go into (made when "
+                                "missing)")
     data_dynamics: bool = _f(True, "record, for every training image and epoch, the margin "
                              "(logit of its label minus the largest other logit), the "
                              "probability of its label, the strongest other class and whether "

@@ -49,6 +49,7 @@ __all__ = [
     "plot_confidence_hist",
     "plot_reliability",
     "reliability_bins",
+    "reliability_figure",
 ]
 
 # Search interval for T (Guo et al. report fitted T of roughly 1..3 for modern networks;
@@ -479,6 +480,11 @@ def plot_reliability(bins: dict, out: Path, title: str, bins_scaled: dict | None
         title: first line of the panel title (e.g. model and split).
         bins_scaled: optional second dict of the same form, after temperature scaling.
     """
+    _save(reliability_figure(bins, title, bins_scaled), out)
+
+
+def reliability_figure(bins: dict, title: str, bins_scaled: dict | None = None) -> Figure:
+    """The figure of :func:`plot_reliability`."""
     panels = [(bins, title)]
     if bins_scaled is not None:
         panels.append((bins_scaled, "after temperature scaling"))
@@ -486,7 +492,7 @@ def plot_reliability(bins: dict, out: Path, title: str, bins_scaled: dict | None
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (b, t) in zip(axes, panels):
         _reliability_axes(ax, b, t)
-    _save(fig, out)
+    return fig
 
 
 def plot_confidence_hist(conf: np.ndarray, correct: np.ndarray, out: Path, title: str,

@@ -56,15 +56,24 @@ def _lr_per_step(path: Path) -> tuple[list[int], list[float]]:
 
 def plot_curves(run_dir: Path, out: Path) -> bool:
     """Loss and accuracy per epoch (train/val/test) and the LR; False if no metrics.csv."""
+    fig = curves_figure(run_dir)
+    if fig is None:
+        return False
+    save_figure(fig, out)
+    return True
+
+
+def curves_figure(run_dir: Path, size: tuple[float, float] = (16, 4.2)) -> Figure | None:
+    """The figure of :func:`plot_curves` (inches ``size``); None if no metrics.csv."""
     from matplotlib.ticker import MaxNLocator
 
     files = RunFiles(run_dir)
     rows = read_metrics(files.metrics)
     if not rows:
-        return False
+        return None
     epochs = [r["epoch"] for r in rows]
     colors = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
-    fig = Figure(figsize=(16, 4.2), layout="constrained")
+    fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, what, ylabel in ((axes[0], "loss", "cross-entropy loss"),
                              (axes[1], "acc", "accuracy (%)")):
@@ -96,8 +105,7 @@ def plot_curves(run_dir: Path, out: Path) -> bool:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
     ax.legend()
-    save_figure(fig, out)
-    return True
+    return fig
 
 
 # --------------------------------------------------------------------------- galleries
@@ -290,6 +298,12 @@ def plot_pred_vs_true(images: np.ndarray, cam_pred: np.ndarray, cam_true: np.nda
 def plot_per_class(classes: list[str], acc: list[float], out: Path,
                    overall: float | None = None) -> None:
     """Bar per class (accuracy %), with the overall test accuracy as a dashed line."""
+    save_figure(per_class_figure(classes, acc, overall), out)
+
+
+def per_class_figure(classes: list[str], acc: list[float],
+                     overall: float | None = None) -> Figure:
+    """The figure of :func:`plot_per_class`."""
     fig = Figure(figsize=(max(6.0, 0.75 * len(classes) + 2), 4.3), layout="constrained")
     ax = fig.subplots()
     vals = [0.0 if is_nan(a) else a for a in acc]
@@ -306,11 +320,16 @@ def plot_per_class(classes: list[str], acc: list[float], out: Path,
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Per-class test accuracy")
     ax.grid(axis="y", alpha=0.3)
-    save_figure(fig, out)
+    return fig
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
     """K x K counts; rows = true class, columns = predicted class."""
+    save_figure(confusion_figure(cm, classes), out)
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str]) -> Figure:
+    """The figure of :func:`plot_confusion`."""
     k = len(classes)
     side = max(6.0, 0.62 * k + 2.5)
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")
@@ -332,7 +351,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix (test set)")
-    save_figure(fig, out)
+    return fig
 
 
 # --------------------------------------------------------------------------- trust

@@ -9,6 +9,8 @@
   (measured, cached or set), and the CPU's description
 - :mod:`~classlab.engine.amp`: device, autocast and the fp16 gradient scaler
 - :mod:`~classlab.engine.probe`: timing candidate precisions / memory formats
+- :mod:`~classlab.engine.compiling`: ``train.compile: auto``, whether torch.compile pays
+  for itself on a run (bound, probe, decision)
 - :mod:`~classlab.engine.distributed`: torchrun (sharding, all-reduce)
 - :mod:`~classlab.engine.ema`, :mod:`~classlab.engine.rng`, :mod:`~classlab.engine.dynamics`:
   weight averaging, RNG states, weight-update logging

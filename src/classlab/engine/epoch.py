@@ -13,7 +13,6 @@ layer uses it to checkpoint and to stop (it may raise).
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from classlab.augment.mixing import Mix, dominant_labels
 from classlab.engine.batches import Normalizer, batch_indices
+from classlab.engine.console import console
 from classlab.engine.distributed import Dist
 from classlab.engine.ema import Ema
 from classlab.engine.errors import TrainingError
@@ -32,6 +33,8 @@ from classlab.optim import Stepper, current_lr
 # (this rank's batches of indices, epoch generator) -> their augmented uint8 [B,3,H,W] images
 BatchSource = Callable[[list[torch.Tensor], torch.Generator], Iterator[torch.Tensor]]
 AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# (augmented batch, generator) -> (mixed batch, how it was mixed): mixup / CutMix
+MixFn = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, Mix]]
 
 
 # The bar's loss / LR / accuracy are read back (one GPU synchronisation) at most this often,
@@ -51,7 +54,8 @@ class Tally:
 @dataclass
 class EpochResult:
     loss: float  # mean per-sample cross-entropy over the epoch's (augmented) images
-    acc: float  # percent correct, running over the epoch (the spec's "Training Accuracy")
+    acc: float  # percent correct, running over the epoch (the spec's "Training Accuracy");
+    # under mixup / CutMix: the prediction is the mixed image's dominant label
     steps: int
     tally: Tally = field(default_factory=Tally)  # the sums loss and acc come from
 
@@ -115,25 +119,45 @@ class _Running:
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
-    from tqdm import tqdm
+    return console().bar(total, desc, initial=initial, mininterval=0.5, disable=not enabled)
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=True, dynamic_ncols=True,
-                file=sys.stderr, mininterval=0.5, initial=initial)
+
+Batch = tuple[torch.Tensor, torch.Tensor, Mix | None]
 
 
 def _batches(x: torch.Tensor, batches: list[torch.Tensor], gen: torch.Generator, dist: Dist,
-             normalize: Normalizer, augment_fn: AugmentFn,
-             batch_source: BatchSource | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(this rank's indices, normalised augmented images) of each global batch. Every rank
-    draws the same permutation and keeps its slice of each global batch."""
+             normalize: Normalizer, augment_fn: AugmentFn, batch_source: BatchSource | None,
+             mix_fn: MixFn | None = None) -> Iterator[Batch]:
+    """(this rank's indices, normalised augmented images, how they were mixed or None) of
+    each global batch. Every rank draws the same permutation and keeps its slice of each
+    global batch. The mixing draws follow each batch's augmentation draws in the stream, so
+    a replayed (resumed) epoch repeats them too."""
     shards = [dist.shard(idx) for idx in batches]
     if batch_source is not None:  # the albumentations workers made the images
-        for idx, images in zip(shards, batch_source(shards, gen)):
-            yield idx, normalize(images.to(x.device, non_blocking=True))
+        images = batch_source(shards, gen)
+        mix_gen = dist.rank_generator(gen) if mix_fn is not None else gen
+        for idx, xb in zip(shards, images):
+            yield (idx, *_mixed(normalize(xb.to(x.device, non_blocking=True)), mix_fn, mix_gen))
         return
     aug_gen = dist.rank_generator(gen)
     for idx in shards:
-        yield idx, augment_fn(normalize(x[idx]), aug_gen)
+        yield (idx, *_mixed(augment_fn(normalize(x[idx]), aug_gen), mix_fn, aug_gen))
+
+
+def _mixed(xb: torch.Tensor, mix_fn: MixFn | None,
+           gen: torch.Generator) -> tuple[torch.Tensor, Mix | None]:
+    return (xb, None) if mix_fn is None else mix_fn(xb, gen)
+
+
+def _record(margins: ImageDynamics, idx: torch.Tensor, logits: torch.Tensor, yb: torch.Tensor,
+            mix: Mix | None) -> None:
+    """The per-image training dynamics of the step's unmixed images only: a mixed image's
+    logits describe two images, so it leaves its epoch's entry empty (NaN)."""
+    if mix is None:
+        margins.add(idx, logits, yb)
+        return
+    keep = mix.lam >= 1.0
+    margins.add(idx[keep], logits[keep], yb[keep])
 
 
 @dataclass
@@ -154,6 +178,8 @@ class EpochPlan:
     batch_source: BatchSource | None = None
     # log.data_dynamics: every step's per-image margins etc., from the step's own logits
     margins: ImageDynamics | None = None
+    # mixup / CutMix in this epoch (None: no mixing, or past aug.mix_off_epoch)
+    mix_fn: MixFn | None = None
 
 
 @dataclass
@@ -180,23 +206,25 @@ def train_one_epoch(plan: EpochPlan, x: torch.Tensor, y: torch.Tensor, gen: torc
     p.net.train()
     batches = batch_indices(len(x), p.batch_size, gen)
     run = _Running(x.device, epoch, start.first_step + start.done, start.tally)
-    stream = _batches(x, batches, gen, p.dist, p.normalize, p.augment_fn, p.batch_source)
+    stream = _batches(x, batches, gen, p.dist, p.normalize, p.augment_fn, p.batch_source,
+                      p.mix_fn)
     for _ in itertools.islice(stream, start.done):  # replay: same generator state as before
         pass
     bar = _progress(len(batches), f"Epoch {epoch}", progress, initial=start.done)
     shown = float("-inf")  # when the bar's numbers were last read back (time.monotonic)
     try:
-        for i, (idx, xb) in enumerate(stream, start=start.done):
+        for i, (idx, xb, mix) in enumerate(stream, start=start.done):
             yb = y[idx]
             loss, logits = train_step(p.net, xb, yb, p.recipe, step=start.first_step + i,
-                                      epoch=epoch)
+                                      epoch=epoch, mix=mix)
             p.stepper.after_batch()
             if p.ema is not None:
                 p.ema.update(p.net)
             last = i == len(batches) - 1
-            run.add(loss, logits, yb, last)
+            # under mixing, accuracy against each image's dominant label (weight >= 1/2)
+            run.add(loss, logits, yb if mix is None else dominant_labels(yb, mix), last)
             if p.margins is not None:
-                p.margins.add(idx, logits, yb)
+                _record(p.margins, idx, logits, yb, mix)
             if progress:
                 shown = _show(bar, shown, last, loss, p.recipe.optimizer, run, note)
             if on_step is not None:

@@ -14,6 +14,9 @@ model, norm, width, per-process batch and image shape. A grid probes once per di
 and batch; a new torch version measures again (its entries replace the old version's).
 Delete the file to measure again. A resumed, evaluated or diagnosed run uses the choice its
 run folder recorded (summary.json ``speed``), so its numerics stay those it trained with.
+
+``train.compile: auto`` is decided here too, after the precision and layout (it is measured in
+them): :mod:`classlab.engine.compiling` says how, and its measurements share the cache file.
 """
 
 from __future__ import annotations
@@ -22,15 +25,28 @@ import contextlib
 import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from classlab.config import Config
+from classlab.engine import compiling
+from classlab.engine.batches import steps_per_epoch
+from classlab.engine.compiling import (
+    CompileChoice,
+    batch_shapes,
+    bound,
+    configured,
+    decide,
+    measure,
+)
 from classlab.engine.distributed import Dist
 from classlab.engine.probe import (
     Candidate,
+    StepMaker,
     Timer,
     TrainSample,
     isolated,
@@ -62,22 +78,32 @@ class Speed:
     why: str  # one sentence for the run's first lines and the report
     rates: dict[str, float] = field(default_factory=dict)  # candidate -> images/s measured
     probe_seconds: float = 0.0
+    # train.compile and why (None only in a run folder's record from before train.compile:
+    # auto existed, and in a Speed being built)
+    compile: CompileChoice | None = None
 
     @property
     def name(self) -> str:
         return Candidate(self.precision, self.channels_last).name
 
+    @property
+    def compiled(self) -> bool:
+        return self.compile is not None and self.compile.use
+
     def line(self) -> str:
-        return f"Speed: {self.name} ({self.why})"
+        tail = f"; {self.compile.line()}" if self.compile is not None else ""
+        return f"Speed: {self.name} ({self.why}){tail}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Speed:
+        comp = d.get("compile")
         return cls(str(d["precision"]), bool(d["channels_last"]), str(d.get("how", "recorded")),
                    str(d.get("why", "")), {str(k): float(v) for k, v in d.get("rates", {}).items()},
-                   float(d.get("probe_seconds", 0.0)))
+                   float(d.get("probe_seconds", 0.0)),
+                   CompileChoice.from_dict(comp) if isinstance(comp, dict) else None)
 
 
 # --------------------------------------------------------------------------- machine
@@ -189,11 +215,53 @@ def _torch_of(key: str) -> str | None:
 
 def choose_speed(cfg: Config, model: torch.nn.Module, sample: TrainSample, device: torch.device,
                  *, dist: Dist | None = None, recorded: dict | None = None,
-                 timer: Timer | None = None, cache: Path | None = None) -> Speed:
-    """The run's :class:`Speed`. ``model`` is the freshly built model (probe steps train
-    deep copies of it) on ``device``, ``sample`` the run's training images there;
-    ``recorded``: the ``speed`` a run folder already recorded, used when still allowed."""
+                 timer: Timer | None = None, cache: Path | None = None,
+                 compiler: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 steps: int | None = None) -> Speed:
+    """The run's :class:`Speed`, its compile choice included. ``model`` is the freshly built
+    model (probe steps train deep copies of it) on ``device``, ``sample`` the run's training
+    images there; ``recorded``: the ``speed`` a run folder already recorded, used when still
+    allowed. ``timer`` times one probe step (called with a Candidate for the precision probe,
+    with "eager" / "compile" / "compiled" for the compile probe); ``compiler`` compiles a
+    network (default :func:`classlab.engine.compiling.compile_module`); ``steps``: the
+    training steps the network will take (default: train.epochs x steps per epoch)."""
     dist = dist or Dist()
+    speed = None
+    if dist.main:  # rank 0 measures; every rank trains the same way
+        p = _ProbeInputs(cfg, model, sample, device, timer or wall_timer(device),
+                         cache or cache_file(), max(1, cfg.train.batch_size // dist.world))
+        speed = _precision_and_layout(p, recorded)
+        speed.compile = _compile_choice(p, speed, recorded, steps,
+                                        compiler or compiling.compile_module)
+    if dist.world > 1:
+        box = [speed.to_dict() if speed is not None else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        speed = Speed.from_dict(box[0])
+    return speed
+
+
+@dataclass
+class _ProbeInputs:
+    """What a probe trains on: the run's model, optimizer recipe, images and batch."""
+
+    cfg: Config
+    model: torch.nn.Module
+    sample: TrainSample  # the whole training split on the device
+    device: torch.device
+    timer: Timer
+    cache: Path
+    batch: int  # images per step in this process
+
+    def step_maker(self) -> StepMaker:
+        s = self.sample
+        return training_step_maker(
+            self.model, lambda net: build_optimizer(net, self.cfg.optim),
+            TrainSample(s.x[:self.batch], s.y[:self.batch], s.mean, s.std), self.device,
+            self.cfg.train.label_smoothing)
+
+
+def _precision_and_layout(p: _ProbeInputs, recorded: dict | None) -> Speed:
+    cfg, device = p.cfg, p.device
     cands, why = candidates(cfg, device)
     if recorded is not None:
         rec = Speed.from_dict(recorded)
@@ -203,41 +271,99 @@ def choose_speed(cfg: Config, model: torch.nn.Module, sample: TrainSample, devic
     if len(cands) == 1:  # nothing to measure: the config or the CUDA rule decided
         how = "cuda" if cfg.train.precision == "auto" and device.type == "cuda" else "config"
         return Speed(cands[0].precision, cands[0].channels_last, how, why)
-    speed = None
-    if dist.main:
-        speed = _measure_or_cached(cfg, model, sample, device, cands,
-                                   batch=max(1, cfg.train.batch_size // dist.world),
-                                   timer=timer, cache=cache or cache_file())
-    if dist.world > 1:  # every rank trains the same way: rank 0's decision
-        box = [speed.to_dict() if speed is not None else None]
-        torch.distributed.broadcast_object_list(box, src=0)
-        speed = Speed.from_dict(box[0])
-    return speed
+    return _measure_or_cached(p, cands)
 
 
-def _measure_or_cached(cfg: Config, model, sample: TrainSample, device, cands, *,
-                       batch: int, timer: Timer | None, cache: Path) -> Speed:
-    key = cache_key(cfg, device, batch, tuple(sample.x.shape[1:]), cands)
-    hit = read_cache(cache).get(key)
+def _measure_or_cached(p: _ProbeInputs, cands: list[Candidate]) -> Speed:
+    key = cache_key(p.cfg, p.device, p.batch, tuple(p.sample.x.shape[1:]), cands)
+    hit = read_cache(p.cache).get(key)
     if isinstance(hit, dict):
         with contextlib.suppress(KeyError, TypeError, ValueError):
             speed = Speed.from_dict(hit)
-            speed.how = "cache"
-            speed.why = f"{speed.why}; measured earlier on this machine, cached in {cache}"
+            speed.how, speed.compile = "cache", None
+            speed.why = f"{speed.why}; measured earlier on this machine, cached in {p.cache}"
             return speed
-    make_step = training_step_maker(
-        model, lambda net: build_optimizer(net, cfg.optim),
-        TrainSample(sample.x[:batch], sample.y[:batch], sample.mean, sample.std), device,
-        cfg.train.label_smoothing)
-    with isolated([device]):
-        result = probe(cands, make_step, batch, timer=timer or wall_timer(device))
+    with isolated([p.device]):
+        result = probe(cands, p.step_maker(), p.batch, timer=p.timer)
     best = result.best
     why = (f"fastest of {len(cands)} measured in {result.seconds:.1f} s, images/s: "
            f"{_rates(result.rates, result.stopped)}")
     speed = Speed(best.precision, best.channels_last, "probe", why, result.rates,
                   result.seconds)
-    write_cache(cache, key, speed.to_dict())
+    write_cache(p.cache, key, speed.to_dict())
     return speed
+
+
+# --------------------------------------------------------------------------- compile: auto
+
+
+def compile_cache_key(cfg: Config, device: torch.device, batch: int, image: tuple[int, ...],
+                      cand: Candidate) -> str:
+    """The compile measurement's key: the machine, torch, threads and batch as for the
+    precision choice, the whole model section (any of its settings changes the compiled
+    graph), and the precision and layout the run trains in."""
+    key = json.loads(cache_key(cfg, device, batch, image, [cand]))
+    del key["candidates"]
+    key.update(what="compile", model_config=asdict(cfg.model), precision=cand.precision,
+               channels_last=cand.channels_last)
+    return json.dumps(key, sort_keys=True)
+
+
+def _compile_choice(p: _ProbeInputs, speed: Speed, recorded: dict | None, steps: int | None,
+                    compiler: Callable[[torch.nn.Module], torch.nn.Module]) -> CompileChoice:
+    """train.compile as set; else the run folder's record; else cache, bound or probe
+    (:mod:`classlab.engine.compiling`)."""
+    setting = p.cfg.train.compile
+    if setting != "auto":
+        return configured(bool(setting))
+    if recorded is not None:  # resume / eval / diagnose: what the run trained with
+        rec = recorded.get("compile")
+        if isinstance(rec, dict):
+            choice = CompileChoice.from_dict(rec)
+            choice.how = "recorded"
+            return choice
+        return CompileChoice(False, "recorded", "the run folder records no compile choice "
+                             "(it trained before train.compile: auto); eager")
+    n, batch = len(p.sample.x), p.cfg.train.batch_size
+    steps = steps if steps is not None else p.cfg.train.epochs * steps_per_epoch(n, batch)
+    shapes = batch_shapes(n, batch)
+    cand = Candidate(speed.precision, speed.channels_last)
+    key = compile_cache_key(p.cfg, p.device, p.batch, tuple(p.sample.x.shape[1:]), cand)
+    hit = read_cache(p.cache).get(key)
+    if isinstance(hit, dict):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            choice = decide(float(hit["eager_s"]), float(hit["compiled_s"]),
+                            float(hit["compile_s"]), steps, shapes, how="cache")
+            choice.why += f"; measured earlier on this machine, cached in {p.cache}"
+            return choice
+    choice = _probe_compile(p, speed, cand, steps, shapes, compiler)
+    if choice.how == "probe":  # a failure is not cached: a compiler installed later counts
+        write_cache(p.cache, key, choice.measured())
+    return choice
+
+
+def _probe_compile(p: _ProbeInputs, speed: Speed, cand: Candidate, steps: int, shapes: int,
+                   compiler: Callable[[torch.nn.Module], torch.nn.Module]) -> CompileChoice:
+    """The bound from the eager step time (the precision probe's, else two eager steps
+    timed), then, only when it cannot say no, the compile probe."""
+    t0 = time.perf_counter()
+    make_step = p.step_maker()
+    with isolated([p.device]):
+        rate = speed.rates.get(speed.name)
+        if rate:
+            eager_s = p.batch / rate
+        else:
+            step = make_step(cand, p.batch)
+            p.timer("eager", step)  # warm-up: first use of the kernels at this shape
+            eager_s = p.timer("eager", step)
+        no = bound(eager_s, steps, shapes)
+        if no is not None:
+            no.probe_seconds = time.perf_counter() - t0
+            return no
+        choice = measure(make_step(cand, p.batch), make_step(cand, p.batch, compiler),
+                         p.timer, steps, shapes)
+    choice.probe_seconds = time.perf_counter() - t0
+    return choice
 
 
 def _rates(rates: dict[str, float], stopped: dict[str, str] | None = None) -> str:

@@ -154,10 +154,14 @@ def training_step_maker(model: nn.Module,
     """``make_step`` for :func:`probe` from a run's model and optimizer recipe: each
     candidate trains its own deep copy of ``model`` (in the candidate's memory format, with a
     fresh optimizer from ``make_optimizer``) on the first ``batch`` of the sample's images
-    (repeated when there are fewer), normalised as the run does."""
+    (repeated when there are fewer), normalised as the run does. ``make_step(c, batch,
+    wrap)``: the step calls ``wrap(copy)`` instead of the copy (torch.compile for the
+    compile probe, :mod:`classlab.engine.compiling`); the optimizer steps the copy's
+    parameters either way."""
     images, labels, mean, std = sample.x, sample.y, sample.mean, sample.std
 
-    def make_step(c: Candidate, batch: int) -> Callable[[], None]:
+    def make_step(c: Candidate, batch: int,
+                  wrap: Callable[[nn.Module], nn.Module] | None = None) -> Callable[[], None]:
         reps = -(-batch // len(images))
         idx = torch.arange(batch, device=images.device) % len(images) if reps > 1 else slice(batch)
         net = copy.deepcopy(model).train()
@@ -168,9 +172,10 @@ def training_step_maker(model: nn.Module,
         xb = Normalizer(tuple(mean), tuple(std), device, c.channels_last)(images[idx])
         yb = labels[idx]
         recipe = StepRecipe(opt, amp, label_smoothing)
+        called = wrap(net) if wrap is not None else net
 
         def step() -> None:
-            train_step(net, xb, yb, recipe)
+            train_step(called, xb, yb, recipe)
         return step
     return make_step
 

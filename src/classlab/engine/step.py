@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classlab.augment.mixing import Mix, mixed_cross_entropy
 from classlab.engine.amp import Amp
 from classlab.engine.dynamics import DynamicsLogger
 
@@ -52,16 +53,22 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
 
 
 def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, recipe: StepRecipe, *,
-               step: int = 0, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               step: int = 0, epoch: int = 0,
+               mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on the normalised, augmented batch ``xb`` ``[B,3,H,W]`` with labels ``yb``
     ``[B]``, as ``recipe`` says; ``step`` is the run's 0-based step index. Clipping applies to
-    all of ``net``'s parameters. Returns the detached mean loss (a 0-d tensor, still on the
-    device: reading it would synchronise a GPU) and the logits ``[B,K]``."""
+    all of ``net``'s parameters. ``mix``: how ``xb`` was mixed (mixup / CutMix); the loss is
+    then the cross-entropy against the mixed soft targets. Returns the detached mean loss (a
+    0-d tensor, still on the device: reading it would synchronise a GPU) and the logits
+    ``[B,K]``."""
     r = recipe
     with r.amp.autocast():
         logits = net(xb)
         # The loss in float32 whatever the autocast dtype: bf16 cross-entropy loses digits.
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+        if mix is None:
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+        else:
+            loss = mixed_cross_entropy(logits.float(), yb, mix, r.label_smoothing)
     backward_and_step(loss, r.optimizer, r.amp.scaler, net.parameters(), grad_clip=r.grad_clip,
                       dynamics=r.dynamics, step=step, epoch=epoch)
     return loss.detach(), logits

@@ -15,6 +15,7 @@ from typing import Any
 
 from classlab import fmt
 from classlab.config import ConfigError
+from classlab.engine.console import console
 from classlab.grid.folder import (
     LOCKED_EXIT,
     error_line,
@@ -27,6 +28,7 @@ from classlab.grid.folder import (
 from classlab.grid.procs import child_env, cores, gpu_ids
 from classlab.grid.spec import Grid, Point, load_grid
 from classlab.grid.table import write_table
+from classlab.run.tracking import grid_run
 from classlab.rundir import RunFiles
 from classlab.rundir.files import is_run_folder
 from classlab.rundir.lock import RunLocked, holder
@@ -57,15 +59,20 @@ def main_grid(grid_path: str | Path, overrides: list[str], *, out: Path = Path("
     states = _print_plan(grid, gdir)
     todo = [p for p, st in zip(grid.points, states) if st != "finished"]
     t0 = time.time()
-    if engine == "ray":
-        from classlab.grid.ray_engine import run_on_ray
+    params = {k: v for k, v in grid.definition().items() if k != "points"}
+    # log.mlflow: the grid's MLflow run, which its points' runs name as their parent
+    with grid_run([p.cfg for p in grid.points], gdir, grid.name, params) as tracked:
+        if engine == "ray":
+            from classlab.grid.ray_engine import run_on_ray
 
-        failed = run_on_ray(todo, gdir, data_dir, address) if todo else []
-    elif jobs == 1:
-        failed = _run_serial(todo, gdir, data_dir)
-    else:
-        failed = _run_parallel(todo, gdir, data_dir, jobs)
-    md = write_table(gdir)
+            failed = run_on_ray(todo, gdir, data_dir, address) if todo else []
+        elif jobs == 1:
+            failed = _run_serial(todo, gdir, data_dir)
+        else:
+            failed = _run_parallel(todo, gdir, data_dir, jobs)
+        md = write_table(gdir)
+        if tracked is not None:
+            tracked.finish(md, failed)
     print(f"\n{md.read_text()}", end="", flush=True)
     print(f"{len(todo) - len(failed)} ran, {len(grid.points) - len(todo)} skipped (finished), "
           f"{len(failed)} failed in {time.time() - t0:.0f} s; table: {md}", flush=True)
@@ -142,18 +149,20 @@ def _run_serial(points: list[Point], gdir: Path, data_dir: Path | None) -> list[
 def _serial_point(p: Point, tag: str, gdir: Path, data_dir: Path | None, failed: list[str],
                   wait: float) -> bool:
     """Run one point in this process; False when another process holds it (not run)."""
-    print(f"{tag} start {p.name}", flush=True)
+    console().point("start", p.name, f"{tag} start {p.name}")
     t0 = time.time()
     try:
         summary = run_point(gdir / p.name, data_dir, wait=wait)
     except RunLocked as e:
-        print(f"{tag} {p.name}: running elsewhere ({e}); coming back to it", flush=True)
+        console().point("elsewhere", p.name,
+                        f"{tag} {p.name}: running elsewhere ({e}); coming back to it")
         return False
     except Exception as e:
         failed.append(p.name)
-        print(f"{tag} {p.name}: FAILED: {error_line(e)}", flush=True)
+        console().point("failed", p.name, f"{tag} {p.name}: FAILED: {error_line(e)}")
         return True
-    print(f"{tag} {p.name}: {_outcome(summary)} ({time.time() - t0:.0f} s)", flush=True)
+    console().point("end", p.name,
+                    f"{tag} {p.name}: {_outcome(summary)} ({time.time() - t0:.0f} s)", summary)
     return True
 
 
@@ -211,8 +220,9 @@ def _held(gdir: Path, p: Point, said: set[str]) -> bool:
     who = holder(gdir / p.name)
     if who is not None and p.name not in said:
         said.add(p.name)
-        print(f"{p.name}: running elsewhere (pid {who.get('pid')} on {who.get('host')}); "
-              "coming back to it", flush=True)
+        console().point("elsewhere", p.name,
+                        f"{p.name}: running elsewhere (pid {who.get('pid')} on "
+                        f"{who.get('host')}); coming back to it")
     return who is not None
 
 
@@ -226,9 +236,9 @@ def _start_job(p: Point, slot: int, gdir: Path, data_dir: Path | None, threads: 
     proc = subprocess.Popen(point_command(point_dir, data_dir, threads), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     where = f", GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
-    print(f"start {p.name} ({threads} thread{'s' if threads > 1 else ''}{where}; log "
-          f"{RunFiles(point_dir).train_log})",
-          flush=True)
+    console().point("start", p.name,
+                    f"start {p.name} ({threads} thread{'s' if threads > 1 else ''}{where}; "
+                    f"log {RunFiles(point_dir).train_log})")
     return _Job(p, slot, proc, log, time.time())
 
 
@@ -242,8 +252,9 @@ def _finish_job(job: _Job, gdir: Path) -> bool:
         record_failure(point_dir, f"worker exited with status {job.proc.returncode} "
                                   f"(see {RunFiles(point_dir).train_log})")
         summary = read_summary(RunFiles(point_dir).summary)
-    print(f"end   {job.point.name}: {_outcome(summary)} ({time.time() - job.t0:.0f} s)",
-          flush=True)
+    console().point("end", job.point.name,
+                    f"end   {job.point.name}: {_outcome(summary)} "
+                    f"({time.time() - job.t0:.0f} s)", summary)
     return ok
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from classlab.config import ConfigError
+from classlab.engine.console import console
 from classlab.grid.folder import error_line, record_failure, run_point
 from classlab.grid.spec import Point
 from classlab.rundir import GridFiles, RunFiles
@@ -237,10 +238,8 @@ def run_on_ray(points: list[Point], gdir: Path, data_dir: Path | None,
 
 
 def _collect(ray: Any, refs: dict, gdir: Path) -> list[str]:
-    from tqdm import tqdm
-
     failed, total, t0 = [], len(refs), time.time()
-    bar = tqdm(total=total, desc="grid", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+    bar = console().bar(total, "grid", mininterval=1.0)
     try:
         while refs:
             (ref,), _ = ray.wait(list(refs), num_returns=1)

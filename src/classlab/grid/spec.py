@@ -22,6 +22,7 @@ from typing import Any
 
 from classlab import config
 from classlab.config import Config, ConfigError
+from classlab.config.recipes import locate
 from classlab.grid.tunespec import TuneSpec, parse_tune
 from classlab.run.checks import check_environment
 
@@ -67,7 +68,7 @@ class Grid:
 
 def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """Read a grid file and expand it; every point is validated (one-line ConfigError)."""
-    path = Path(path)
+    path = locate(path, "grid")  # a bare name that is no file: the shipped grid recipe
     raw = config.read_yaml(path)
     unknown = [k for k in raw if k not in GRID_KEYS]
     if unknown:
@@ -147,8 +148,8 @@ def _grid_name(name: Any, path: Path) -> str:
 def _read_base(base: Any, path: Path) -> dict:
     if base is None:
         return {}
-    if isinstance(base, str):  # a config file, relative to the grid file
-        return config.read_yaml(path.parent / base)
+    if isinstance(base, str):  # a config file, relative to the grid file, else a recipe
+        return config.read_yaml(locate(base, "run", base=path.parent))
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: expected a config mapping or a file name, got "
                           f"{base!r}")

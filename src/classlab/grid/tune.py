@@ -123,12 +123,14 @@ def distributions(spec: TuneSpec) -> dict[str, Any]:
 
 def trial_config(point: Point, spec: TuneSpec, params: dict, number: int) -> Config:
     """What trial ``number`` of ``point`` trains: the point's config with the trial budget
-    (tune.trial) and the sampled values, without diagnosis (the final runs have it)."""
+    (tune.trial) and the sampled values, without diagnosis and MLflow (the final runs have
+    them)."""
     raw = config.to_dict(point.cfg)
     raw["name"] = f"{point.group}-trial{number:03d}"
     for key, value in [*spec.trial.items(), *params.items()]:
         config.set_key(raw, key, value)
     config.set_key(raw, "diagnose.enabled", False)
+    config.set_key(raw, "log.mlflow", False)  # MLflow gets the final runs, nested in the grid's
     return config.from_dict(raw)
 
 

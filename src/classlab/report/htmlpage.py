@@ -194,6 +194,15 @@ def _para_html(text: str, run_dir: Path) -> str:
 
 
 def to_html(blocks: list[Block], run_dir: Path, title: str) -> str:
+    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + body_html(blocks, run_dir) + "\n</body>\n</html>\n")
+
+
+def body_html(blocks: list[Block], run_dir: Path) -> str:
+    """The blocks as HTML elements, without the page around them (a notebook shows them
+    inside its own page)."""
     body: list[str] = []
     for b in blocks:
         if isinstance(b, H):
@@ -209,7 +218,4 @@ def to_html(blocks: list[Block], run_dir: Path, title: str) -> str:
                         f"<pre><code>{html.escape(b.text.rstrip())}</code></pre></details>")
         elif isinstance(b, Md):
             body.append(md_to_html(b.text, run_dir))
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return "\n".join(body)

@@ -97,7 +97,10 @@ def _summary_blocks(summary: dict, cfg: dict) -> list[Block]:
                                    else "") + (f"; {stop_sentence(early)}" if early else "")],
         ["Augmentations", _augmentations(cfg.get("aug", {}))],
         ["Label smoothing", g(train.get("label_smoothing", 0))],
-        ["Test-time augmentation", str(train.get("tta", "none"))],
+        ["Test-time augmentation", str(train.get("tta", "none"))
+         + (f" (the least confident {pct(100 * num(train['tta_fraction']), 0)} of each batch)"
+            if train.get("tta", "none") != "none" and num(train.get("tta_fraction", 1)) < 1
+            else "")],
         ["Weight EMA", f"decay {train['ema_decay']}" if num(train.get("ema_decay")) > 0
          else "off"],
         ["Parameters", f"{params:,}" if isinstance(params, int) else "–"],
@@ -120,13 +123,17 @@ def _summary_blocks(summary: dict, cfg: dict) -> list[Block]:
 
 
 def _precision(summary: dict) -> str:
-    """"bf16, channels_last (fastest of 4 measured ...)": what the run trained with, and why."""
+    """"bf16, channels_last (fastest of 4 measured ...); torch.compile: no (...)": what the
+    run trained with, and why."""
     speed = summary.get("speed")
     text = str(summary.get("precision", "–"))
     if summary.get("channels_last"):
         text += ", channels_last"
     if isinstance(speed, dict) and speed.get("why"):
         text += f" ({speed['why']})"
+    comp = speed.get("compile") if isinstance(speed, dict) else None
+    if isinstance(comp, dict) and "use" in comp:  # train.compile's answer (absent before it)
+        text += f"; torch.compile: {'yes' if comp['use'] else 'no'} ({comp.get('why', '')})"
     return text
 
 
@@ -482,8 +489,10 @@ def _history_blocks(f: RunFiles, summary: dict) -> list[Block]:
     return [P("**History:** " + "; ".join(lines) + ".")] if lines else []
 
 
-def blocks(run_dir: Path) -> list[Block]:
-    """The whole report of ``run_dir``, from whatever the run folder holds."""
+def blocks(run_dir: Path, weights: bool = True) -> list[Block]:
+    """The whole report of ``run_dir``, from whatever the run folder holds. ``weights=False``
+    leaves out the weight-update section, whose figures are drawn anew (~2 s; a notebook
+    showing another section does without them)."""
     f = RunFiles(run_dir)
     summary = load_summary(f.summary) or {}  # a damaged one is refused, not shown as empty
     cfg = _read_yaml(f.config)
@@ -503,5 +512,5 @@ def blocks(run_dir: Path) -> list[Block]:
                        "them."))
     return (head + _summary_blocks(summary, cfg) + _results_blocks(summary, diag)
             + _epoch_blocks(f) + _diagnose_blocks(f, diag) + data_blocks(f, diag)
-            + _dynamics_blocks(run_dir)
+            + (_dynamics_blocks(run_dir) if weights else [])
             + _config_blocks(f))

@@ -6,8 +6,10 @@
   checkpoint state
 - :mod:`~classlab.run.fit`: the epoch loop with its metrics rows, checkpoints and summaries
 - :mod:`~classlab.run.folder`: a new run folder, or an existing one resumed
-- :mod:`~classlab.run.checks`, :mod:`~classlab.run.tensorboard`: optional packages
+- :mod:`~classlab.run.checks`, :mod:`~classlab.run.tensorboard`,
+  :mod:`~classlab.run.tracking`: optional packages (TensorBoard, MLflow), behind one
+  interface for the run flow in :mod:`~classlab.run.loggers`
 
-(Nothing is imported here, so that the light modules, checks and tensorboard, can be used
-without loading torch.)
+(Nothing is imported here, so that the light modules, checks, tensorboard and tracking, can
+be used without loading torch.)
 """

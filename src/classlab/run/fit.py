@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from classlab.augment import augment, epoch_images
+from classlab.augment import PixelStats, augment, epoch_images, make_mixer
+from classlab.config import Config
 from classlab.engine import (
     DynamicsLogger,
     EpochPlan,
@@ -27,6 +28,8 @@ from classlab.engine import (
     epoch_generator,
     train_one_epoch,
 )
+from classlab.engine.console import console
+from classlab.engine.epoch import MixFn
 from classlab.engine.margins import ImageDynamics
 from classlab.engine.precision import cpu_flags, cpu_model
 from classlab.fmt import is_nan
@@ -72,6 +75,7 @@ def session_summary(s: Session, run_dir: Path, outcome: Outcome | str, best: dic
         "device": _device_name(s.device, s.cfg.train.threads),
         "precision": s.amp.precision,
         "channels_last": s.speed.channels_last,
+        "compile": s.speed.compiled,  # torch.compile; why, and what was measured: speed.compile
         "speed": s.speed.to_dict(),
         "cpu_flags": cpu_flags() if s.device.type == "cpu" else None,
         "train_images": len(s.splits.train_x),
@@ -92,8 +96,8 @@ def _print_epoch(row: dict, n: dict[str, int]) -> None:
             return ""
         return f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.2f}%  "
     scored = f"{n['test']} test images, " if not is_nan(row["test_loss"]) else ""
-    print(f"Epoch {row['epoch']}: {part('train')}{part('val')}{part('test')}"
-          f"({scored}{row['seconds']:.1f}s)", flush=True)
+    console().epoch(row, f"Epoch {row['epoch']}: {part('train')}{part('val')}{part('test')}"
+                         f"({scored}{row['seconds']:.1f}s)")
 
 
 def fit(s: Session, run_dir: Path, start: Progress | None = None,
@@ -217,11 +221,18 @@ def _record_stop(s: Session, files: RunFiles, best: dict, saved: int, wall: floa
 def _epoch_batches(s: Session, epoch: int):
     """The training images as the epoch sees them, and the per-batch augmentation."""
     cfg = s.cfg
-    aug = (lambda xb, g: augment(xb, g, cfg.aug)) if cfg.aug.ops else (lambda xb, g: xb)
+    stats = PixelStats(tuple(s.splits.mean), tuple(s.splits.std))  # what the policies need
+    aug = (lambda xb, g: augment(xb, g, cfg.aug, stats)) if cfg.aug.ops else (lambda xb, g: xb)
     x_train, y_train = s.data["train"]
     if cfg.aug.backend == "batched":  # the albumentations workers read the stored images
         x_train = epoch_images(x_train, epoch, cfg.train.seed, cfg.aug)
     return x_train, y_train, aug
+
+
+def _epoch_mixer(cfg: Config, epoch: int) -> MixFn | None:
+    """mixup / CutMix for ``epoch``: None without them, and from aug.mix_off_epoch on."""
+    off = cfg.aug.mix_off_epoch
+    return None if off and epoch >= off else make_mixer(cfg.aug)
 
 
 def _evaluate_epoch(s: Session, epoch: int) -> dict[str, EvalResult]:
@@ -253,7 +264,7 @@ def train_and_evaluate(s: Session, epoch: int, dyn: DynamicsLogger | None,
     progress = cfg.train.progress and s.dist.main
     recipe = StepRecipe(s.optimizer, s.amp, cfg.train.label_smoothing, cfg.train.grad_clip, dyn)
     plan = EpochPlan(s.net, recipe, s.stepper, s.normalize, aug, cfg.train.batch_size, s.ema,
-                     s.dist, s.batch_source, margins=marks)
+                     s.dist, s.batch_source, margins=marks, mix_fn=_epoch_mixer(cfg, epoch))
     start = EpochStart(epoch, (epoch - 1) * s.steps_per_epoch)
     if position is not None:
         start.done = position.step

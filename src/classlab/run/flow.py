@@ -20,10 +20,10 @@ from classlab.fmt import is_nan, pct
 from classlab.run.checks import check_environment
 from classlab.run.control import Progress
 from classlab.run.fit import fit
+from classlab.run.loggers import run_loggers
 from classlab.run.resume import resume_run
 from classlab.run.session import Session, torch_threads
 from classlab.run.start import start_run
-from classlab.run.tensorboard import epoch_logger
 from classlab.rundir import RunFiles, all_or_nothing, run_folder
 from classlab.rundir.lock import hold, network_filesystem
 from classlab.rundir.summary import stop_sentence, stopped_early
@@ -68,22 +68,24 @@ def train_run(cfg: Config | None = None, *, out: Path = Path("runs"),
             s, progress = resumed.session, resumed.progress
         if s.dist.main:
             _announce(s, run_dir, progress)
-        with epoch_logger(s.cfg, run_dir, start_epoch=progress.epoch,
-                          main=s.dist.main) as log_epoch:
-            summary = fit(s, run_dir, progress, on_epoch=_chain(log_epoch, on_epoch))
-        if s.dist.main:
-            _print_final(summary)
-            if s.cfg.diagnose.enabled:
-                _diagnose_and_report(run_dir, s, diagnose_errors)
+        # TensorBoard, MLflow: open through the report (MLflow uploads it at the end)
+        with run_loggers(s.cfg, run_dir, start_epoch=progress.epoch,
+                         main=s.dist.main) as logs:
+            summary = fit(s, run_dir, progress, on_epoch=_chain(logs.epoch, on_epoch))
+            if s.dist.main:
+                _print_final(summary)
+                if s.cfg.diagnose.enabled:
+                    _diagnose_and_report(run_dir, s, diagnose_errors)
+            logs.finish(summary)
     return RunResult(Path(run_dir), s, summary)
 
 
-def _chain(log_epoch: Callable[[dict], None] | None,
+def _chain(log_epoch: Callable[[dict], None],
            on_epoch: Callable[[dict], dict | None] | None) -> Callable[[dict], dict | None]:
-    """TensorBoard's epoch logger, then the caller's callback (whose answer counts)."""
+    """The run's loggers (TensorBoard, MLflow), then the caller's callback (whose answer
+    counts)."""
     def both(row: dict) -> dict | None:
-        if log_epoch is not None:
-            log_epoch(row)
+        log_epoch(row)
         return on_epoch(row) if on_epoch is not None else None
     return both
 

@@ -9,13 +9,13 @@ backward, update) costs about EVAL_COST forward passes of it.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 
 from classlab import fmt
+from classlab.engine.console import console
 from classlab.engine.epoch import StepInfo
 
 MEASURE_SECONDS = 15.0  # wall time the step time is averaged over, at most...
@@ -31,12 +31,9 @@ _EMA = 0.1  # weight of the newest step in the bar's running step time
 
 
 def say(line: str) -> None:
-    """Print a line to stdout while a progress bar may be drawn on the terminal: tqdm clears
-    the bar, prints, and draws it again below (a plain print would land inside the bar)."""
-    from tqdm import tqdm
-
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
+    """Say a line while a progress bar may be drawn (the terminal: between bars, on stdout;
+    see :class:`classlab.engine.console.Console`)."""
+    console().say(line)
 
 
 def _about(seconds: float) -> str:
@@ -59,7 +56,8 @@ class Pace:
         self.every, self.device = cfg.train.eval_every, s.device
         self.device_name, self.data_root = device_name, data_root
         self.slow_hint = cfg.data.name == "cifar10" and s.device.type == "cpu"
-        images = sum(len(s.data[k][0]) for k in ("val", "test")) * TTA_VIEWS[cfg.train.tta]
+        views = 1 + (TTA_VIEWS[cfg.train.tta] - 1) * cfg.train.tta_fraction  # per image
+        images = sum(len(s.data[k][0]) for k in ("val", "test")) * views
         # evaluation of one scored epoch, in training steps
         self.eval_steps = images / cfg.train.batch_size / EVAL_COST
         self.step_seconds: float | None = None  # measured, then a running mean for the bar

@@ -27,6 +27,7 @@ from classlab.engine import (
     Ema,
     EvalResult,
     Normalizer,
+    compiling,
     evaluate,
     init_distributed,
     resolve_device,
@@ -146,13 +147,14 @@ class Session:
         with torch_threads(self.cfg.train.threads):
             return evaluate(self.eval_model, x, y, normalize=self.normalize,
                             batch_size=self.cfg.train.eval_batch_size, amp=self.amp,
-                            tta=self.cfg.train.tta, dist=self.dist,
+                            tta=self.cfg.train.tta, tta_fraction=self.cfg.train.tta_fraction,
+                            dist=self.dist,
                             keep_outputs=keep_outputs)
 
 
 def build_session(cfg: Config, data_root: Path | None = None,
                   splits: Splits | None = None, speed: dict | None = None,
-                  resumed: bool = False) -> Session:
+                  resumed: bool = False, train_steps: int | None = None) -> Session:
     """Load data, build model/optimizer/scheduler on the chosen device (no files written).
 
     Under torchrun, joins the process group first; every rank builds the same session.
@@ -160,14 +162,16 @@ def build_session(cfg: Config, data_root: Path | None = None,
     leaves the process's setting as it found it. ``speed``: a run folder's recorded
     :class:`~classlab.engine.precision.Speed` (as a dict), kept where the config still allows
     it; otherwise ``auto`` precision / memory format are measured
-    (:mod:`classlab.engine.precision`). A new run (not ``resumed``: its checkpoint will
-    replace the weights) starts from ``train.init_from``'s weights when that is set."""
+    (:mod:`classlab.engine.precision`), and ``train.compile: auto`` decided for
+    ``train_steps`` training steps (default: the run's; lr-find passes its sweep's). A new run
+    (not ``resumed``: its checkpoint will replace the weights) starts from
+    ``train.init_from``'s weights when that is set."""
     with torch_threads(cfg.train.threads):
-        return _build(cfg, data_root, splits, speed, resumed)
+        return _build(cfg, data_root, splits, speed, resumed, train_steps)
 
 
 def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
-           recorded: dict | None, resumed: bool) -> Session:
+           recorded: dict | None, resumed: bool, train_steps: int | None) -> Session:
     dist, rank_device = init_distributed(cfg.train.device)
     device = rank_device or resolve_device(cfg.train.device)
     splits = splits if splits is not None else load_splits(cfg.data, data_root)
@@ -189,7 +193,7 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
         "test": (splits.test_x.to(device), splits.test_y.to(device)),
     }
     speed = choose_speed(cfg, model, TrainSample(*data["train"], splits.mean, splits.std), device,
-                         dist=dist, recorded=recorded)
+                         dist=dist, recorded=recorded, steps=train_steps)
     normalize = Normalizer(splits.mean, splits.std, device, speed.channels_last)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -203,7 +207,7 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
         lookahead = Lookahead(model, cfg.optim.lookahead_every, cfg.optim.lookahead_decay,
                               total=cfg.train.epochs * steps)
         lookahead.attach(optimizer)
-    net = _wrap(model, cfg, dist, device)
+    net = _wrap(model, cfg, dist, device, speed.compiled)
     source = None
     if cfg.aug.backend == "albumentations":  # per image, in DataLoader workers
         from classlab.augment.albu import AlbuBatches
@@ -243,8 +247,10 @@ def check_batch_size(cfg: Config, train_images: int) -> None:
                                  f"{train_images:,}")
 
 
-def _wrap(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn.Module:
-    """The module the training step calls: DDP across ranks, torch.compile on request.
+def _wrap(model: nn.Module, cfg: Config, dist: Dist, device: torch.device,
+          compiled: bool) -> nn.Module:
+    """The module the training step calls: DDP across ranks, torch.compile when the speed
+    choice says so (``train.compile``; :mod:`classlab.engine.compiling`).
 
     The optimizer, checkpoints and evaluation keep using the plain ``model`` (the same
     parameters), so state dicts never carry a ``module.`` prefix."""
@@ -254,8 +260,8 @@ def _wrap(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    if cfg.train.compile:
-        net = torch.compile(net)
+    if compiled:
+        net = compiling.compile_module(net)
     return net
 
 

@@ -35,7 +35,6 @@ import contextlib
 import copy
 import csv
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from classlab.augment import augment, epoch_images
+from classlab.augment import PixelStats, augment, epoch_images
 from classlab.config import ConfigError
 from classlab.engine import (
     StepRecipe,
@@ -58,6 +57,7 @@ from classlab.engine import (
     set_rng_state,
     train_step,
 )
+from classlab.engine.console import console
 from classlab.rundir import save_figure
 from classlab.rundir.files import check_output_file
 
@@ -114,9 +114,14 @@ class LRFindResult:
         return path
 
     def plot(self, path: str | Path) -> Path:
-        """Loss (raw and smoothed) against LR on a log axis, both suggestions marked."""
+        """Write :meth:`figure` as a PNG."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        save_figure(self.figure(), path, dpi=120)
+        return path
+
+    def figure(self) -> Figure:
+        """Loss (raw and smoothed) against LR on a log axis, both suggestions marked."""
         fig = Figure(figsize=(7.5, 4.8))
         ax = fig.subplots()
         lrs, sm = np.asarray(self.lrs), np.asarray(self.smoothed)
@@ -145,8 +150,7 @@ class LRFindResult:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
-        save_figure(fig, path, dpi=120)
-        return path
+        return fig
 
 
 # --------------------------------------------------------------------------- suggestions
@@ -291,10 +295,7 @@ class _Trace:
 def _bar(steps: int, progress: bool):
     if not progress:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=steps, desc="LR range test", file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5)
+    return console().bar(steps, "LR range test", mininterval=0.5)
 
 
 def sweep(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -391,12 +392,13 @@ def lr_find(session: Any, **kw: Any) -> LRFindResult:
         raise ConfigError("lr-find: the training split is empty")
     stream = _training_batches(s)
     recipe = StepRecipe(s.optimizer, s.amp, cfg.train.label_smoothing, cfg.train.grad_clip)
+    stats = PixelStats(tuple(s.splits.mean), tuple(s.splits.std))
 
     def step_fn(_step: int) -> torch.Tensor:
         xe, idx, gen = next(stream)
         xb = s.normalize(xe[idx])
-        if cfg.aug.ops:
-            xb = augment(xb, gen, cfg.aug)
+        if cfg.aug.ops:  # the per-image ops only: lr-find never mixes (mixup / cutmix)
+            xb = augment(xb, gen, cfg.aug, stats)
         loss, _ = train_step(s.net, xb, y[idx], recipe)
         return loss
 
@@ -431,8 +433,9 @@ def main_lr_find(cfg: Any, data_dir: Path | None, *, steps: int = 200, start_lr:
     check_output_file(plot.with_suffix(".csv"), f"--plot {plot}: its table", suffix=".csv",
                       force=force, ours=_is_ours, what="table lr-find wrote")
     with torch_threads(cfg.train.threads):
-        return _main(build_session(cfg, data_dir), steps=steps, start_lr=start_lr,
-                     end_lr=end_lr, plot=plot)
+        # train.compile: auto decides for the sweep's steps, not the run's
+        s = build_session(cfg, data_dir, train_steps=steps)
+        return _main(s, steps=steps, start_lr=start_lr, end_lr=end_lr, plot=plot)
 
 
 def _main(s: Any, *, steps: int, start_lr: float, end_lr: float, plot: Path) -> int:

@@ -62,7 +62,8 @@ class LoadedModel:
         """float32 ``[N,K]`` logits of uint8 ``[N,3,H,W]`` images, as the run evaluates."""
         return predict_logits(self.model, images.to(self.device), normalize=self.normalize,
                               batch_size=self.cfg.train.eval_batch_size, amp=self.amp,
-                              tta=self.cfg.train.tta)
+                              tta=self.cfg.train.tta,
+                              tta_fraction=self.cfg.train.tta_fraction)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         t = self.temperature or 1.0
