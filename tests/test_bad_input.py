@@ -353,6 +353,12 @@ CASES = [
      2, "log.mlflow_uri: expected a string"),
     ("mlflow-experiment-not-text", ["config", "{tiny}", "log.mlflow_experiment=[a]"], 2,
      "log.mlflow_experiment: expected a string"),
+    ("whiten-bias-without-whitening", ["train", "{tiny}", "optim.whiten_bias_epochs=3",
+                                       "--out", "{root}/out"], 2,
+     "optim.whiten_bias_epochs: 3 needs a whitening layer, which model.name='resnet18' lacks; "
+     "allowed: 0, or model.name=fastnet"),
+    ("whiten-bias-negative", ["config", "{tiny}", "optim.whiten_bias_epochs=-1"], 2,
+     "optim.whiten_bias_epochs: -1.0 is out of range; must be ≥ 0.0"),
 ]
 
 

@@ -146,3 +146,102 @@ def test_fast_recipe_learns_synthetic(tmp_path: Path) -> None:
     print(summary["final"])
     assert summary["status"] == "finished"
     assert summary["final"]["test_acc"] > 50.0, summary["final"]
+
+
+# ----------------------------------------------------- optim.whiten_bias_epochs (airbench)
+
+
+def _window_setup(whiten_epochs: float, sched: str = "linear", optim: str = "sgd"):
+    from classlab.optim import build_optimizer, build_scheduler
+
+    cfg = config.load(None, [f"optim.name={optim}", "optim.lr=0.1", "optim.momentum=0.9",
+                             "optim.no_decay_norm_bias=true", "optim.norm_bias_lr_scale=4",
+                             f"optim.whiten_bias_epochs={whiten_epochs}", f"sched.name={sched}",
+                             "sched.warmup_epochs=1", "model.name=fastnet"])
+    torch.manual_seed(0)
+    model = FastNet(10, torch.nn.BatchNorm2d, width=8)
+    model.init_from_data(_correlated_images(16))
+    opt = build_optimizer(model, cfg.optim)
+    return model, opt, build_scheduler(opt, cfg.sched, epochs=3, steps_per_epoch=4)
+
+
+@pytest.mark.parametrize("optim", ["sgd", "muon"])
+def test_the_whitening_bias_trains_for_its_epochs_with_its_own_decay_then_freezes(optim):
+    """1.5 epochs of 4 steps: the bias's LR is 0.4 x (1 - t/6) at step t whatever the run's
+    warm-up does to the other groups, it moves while t < 6 and never after; the rest trains
+    on, and the other groups' LRs are those of a run without the window."""
+    model, opt, stepper = _window_setup(1.5, optim=optim)
+    _, ref_opt, ref_stepper = _window_setup(0.0, optim=optim)
+    window = opt.param_groups[-1]
+    assert window["params"] == [model.whiten.bias] and model.whiten.bias.requires_grad
+    assert not model.whiten.weight.requires_grad
+    x, y = _correlated_images(16, seed=3), torch.arange(16) % 10
+    history = []
+    for t in range(12):
+        assert window["lr"] == pytest.approx(0.4 * max(0.0, 1 - t / 6))
+        assert [g["lr"] for g in opt.param_groups[:-1]] == \
+            pytest.approx([g["lr"] for g in ref_opt.param_groups])
+        before = model.whiten.bias.detach().clone()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ref_opt.step()  # no gradients: only keeps the scheduler's order check quiet
+        stepper.after_batch()
+        ref_stepper.after_batch()
+        history.append(not torch.equal(before, model.whiten.bias))
+    assert history == [True] * 6 + [False] * 6  # steps 0-5 at LR > 0; frozen from step 6
+    assert not model.whiten.bias.requires_grad and model.whiten.bias.grad is None
+    assert model.block1.norm1.bias.grad is None  # zero_grad; but it trained all along:
+    assert not torch.equal(model.block1.norm1.bias, torch.zeros_like(model.block1.norm1.bias))
+
+
+def test_the_window_state_resumes_frozen_or_not():
+    model, opt, stepper = _window_setup(0.5)
+    for _ in range(3):
+        stepper.after_batch()
+    state = stepper.state_dict()
+    fresh_model, _, fresh = _window_setup(0.5)
+    fresh.load_state_dict(state)
+    assert fresh_model.whiten.bias.requires_grad is False and fresh.batches == 3
+    model2, opt2, early = _window_setup(2.0)
+    early.load_state_dict(state)
+    assert model2.whiten.bias.requires_grad and opt2.param_groups[-1]["lr"] == \
+        pytest.approx(0.4 * (1 - 3 / 8))
+    _, _, plain = _window_setup(0.0)
+    assert "window_steps" not in plain.state_dict()  # runs without a window: state unchanged
+
+
+@pytest.fixture
+def one_thread_only():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread_only")
+def test_a_run_training_the_whitening_bias_resumes_bit_identically(tmp_path, monkeypatch):
+    """Cut mid-epoch 2 while the bias is still training (2.5-epoch window), resumed: the
+    same weights as the uninterrupted run, and the bias moved from its data-set init."""
+    from classlab.run.flow import train_run
+    from classlab.run.signals import TEST_SIGNAL_ENV, RunInterrupted
+
+    cfg = config.load(ROOT / "experiments" / "fast94.yaml", [
+        "data.name=synthetic", "data.synthetic_size=256", "model.width=4", "train.epochs=3",
+        "train.batch_size=32", "train.eval_batch_size=256", "train.threads=1",
+        "train.progress=false", "train.precision=fp32", "train.channels_last=false",
+        "optim.whiten_bias_epochs=2.5", "train.tta=none", "log.data_dynamics=false"])
+    reference = train_run(cfg, out=tmp_path / "ref").run_dir
+    monkeypatch.setenv(TEST_SIGNAL_ENV, "2:3")  # SIGTERM after step 3 of epoch 2
+    with pytest.raises(RunInterrupted):
+        train_run(cfg, out=tmp_path / "cut")
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    monkeypatch.delenv(TEST_SIGNAL_ENV)
+    train_run(run_dir=run_dir)
+    a = torch.load(reference / "last.pt", weights_only=True)["model"]
+    b = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg.optim.whiten_bias_epochs, cfg.train.epochs = 0.0, 1
+    frozen = train_run(cfg, out=tmp_path / "frozen").run_dir  # its bias: the data-set init
+    init = torch.load(frozen / "last.pt", weights_only=True)["model"]["whiten.bias"]
+    assert not torch.equal(a["whiten.bias"], init)

@@ -148,6 +148,11 @@ class OptimConfig:
                               lt=1.0)
     no_decay_norm_bias: bool = _f(False, "exempt norm weights and biases from weight decay")
     norm_bias_lr_scale: float = _f(1.0, "LR multiplier for norm weights and biases", gt=0.0)
+    whiten_bias_epochs: float = _f(0.0, "fastnet: train the whitening layer's bias (set from "
+                                   "the data) for the first N epochs, its LR (optim.lr x "
+                                   "norm_bias_lr_scale) falling linearly to 0 over them, then "
+                                   "freeze it (airbench94_muon: 3; 0: frozen throughout)",
+                                   ge=0.0, unit="epochs")
     lookahead_every: int = _f(0, "Lookahead: every N optimizer steps pull the weights back "
                               "toward a slow copy, more strongly late in training; the final "
                               "weights are the slow ones (0: off; airbench uses 5)", ge=0,

@@ -156,6 +156,14 @@ def _check_label_noise(cfg: Config) -> None:
                               "to 1")
 
 
+def _check_whiten_bias(cfg: Config) -> None:
+    """Only fastnet has a whitening layer whose bias optim.whiten_bias_epochs could train."""
+    if cfg.optim.whiten_bias_epochs > 0 and cfg.model.name != "fastnet":
+        raise ConfigError(f"optim.whiten_bias_epochs: {cfg.optim.whiten_bias_epochs:g} needs a "
+                          f"whitening layer, which model.name={cfg.model.name!r} lacks; "
+                          "allowed: 0, or model.name=fastnet")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first invalid field or inconsistent combination."""
     for key, value, meta in walk(cfg):
@@ -166,3 +174,4 @@ def validate(cfg: Config) -> None:
     _check_device(cfg)
     _check_name(cfg)
     _check_label_noise(cfg)
+    _check_whiten_bias(cfg)

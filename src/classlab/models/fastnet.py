@@ -41,7 +41,8 @@ class FastNet(nn.Module):
     Layout for width ``w`` and 32x32 input (shapes per image):
     ``whiten`` 2x2 conv, no padding, ``3 -> 24`` channels, 31x31, set by
     :meth:`init_from_data` (the patch-whitening filters and their negatives) and frozen
-    (weight and bias), then GELU;
+    (weight and bias; ``optim.whiten_bias_epochs`` trains the bias for the first epochs),
+    then GELU;
     ``block1`` ``24 -> w`` at 31x31 -> 15x15; ``block2`` ``w -> 4w`` -> 7x7; ``block3``
     ``4w -> 4w`` -> 3x3; global max pool; linear ``4w -> classes`` without bias, its output
     multiplied by ``logit_scale`` (1/9). ``width=64`` is airbench94's 64/256/256.

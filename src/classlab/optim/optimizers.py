@@ -12,21 +12,40 @@ from classlab.config import OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """One group, or two when norm weights / biases get their own weight decay or LR.
+    """One group, or two when norm weights / biases get their own weight decay or LR; plus,
+    with ``optim.whiten_bias_epochs``, a last group holding fastnet's whitening bias.
 
     A parameter counts as "norm or bias" when it is 1-D (BN/GN/LN affine, conv/linear bias):
     decaying those shrinks the scale of normalized activations without regularising anything.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    window = whiten_bias_group(model, cfg)
+    held = {id(p) for p in window["params"]} if window else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in held]
     if not cfg.no_decay_norm_bias and cfg.norm_bias_lr_scale == 1.0:
-        return [{"params": params, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
-    nd = [p for p in params if p.ndim <= 1]
-    wd = [p for p in params if p.ndim > 1]
-    return [
-        {"params": wd, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
-        {"params": nd, "weight_decay": 0.0 if cfg.no_decay_norm_bias else cfg.weight_decay,
-         "lr": cfg.lr * cfg.norm_bias_lr_scale},
-    ]
+        groups = [{"params": params, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
+    else:
+        nd = [p for p in params if p.ndim <= 1]
+        wd = [p for p in params if p.ndim > 1]
+        groups = [
+            {"params": wd, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+            {"params": nd, "weight_decay": 0.0 if cfg.no_decay_norm_bias else cfg.weight_decay,
+             "lr": cfg.lr * cfg.norm_bias_lr_scale},
+        ]
+    return groups + ([window] if window else [])
+
+
+def whiten_bias_group(model: nn.Module, cfg: OptimConfig) -> dict | None:
+    """``optim.whiten_bias_epochs > 0``: the whitening layer's bias, made trainable, in a group
+    of its own (the norm biases' LR, no decay) whose ``train_epochs`` key tells the scheduler
+    to decay its LR to 0 over those epochs and then freeze it (:class:`~.schedulers.Window`).
+    Setting it trainable here means every optimizer built for the model (the run's, the speed
+    probe's) times and trains the same backward pass."""
+    whiten = getattr(model, "whiten", None)
+    if cfg.whiten_bias_epochs <= 0 or not isinstance(whiten, nn.Conv2d) or whiten.bias is None:
+        return None
+    whiten.bias.requires_grad_(True)
+    return {"params": [whiten.bias], "weight_decay": 0.0, "lr": cfg.lr * cfg.norm_bias_lr_scale,
+            "train_epochs": cfg.whiten_bias_epochs}
 
 
 def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -5,7 +5,7 @@ that difference from the loop."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.optim import lr_scheduler as lrs
@@ -14,16 +14,49 @@ from classlab.config import SchedConfig
 
 
 @dataclass
+class Window:
+    """A parameter group trained for its first ``steps`` optimizer steps only (airbench's
+    whitening-layer bias): its LR falls linearly from ``base`` to 0 over them, whatever the
+    run's schedule does to the other groups; from step ``steps`` on its parameters are frozen
+    (``requires_grad`` off, gradient dropped), so backward stops computing what only they
+    needed."""
+
+    optimizer: torch.optim.Optimizer
+    index: int  # of the group: a loaded optimizer state replaces the group dicts themselves
+    steps: int
+    base: float
+    # False under DistributedDataParallel, whose gradient buckets expect the same parameters
+    # at every step: the group then stays trainable at LR 0 (no change, a little more work)
+    freeze: bool = True
+
+    def apply(self, done: int) -> None:
+        """Set the group for the step after ``done`` finished steps."""
+        group = self.optimizer.param_groups[self.index]
+        group["lr"] = self.base * max(0.0, 1.0 - done / self.steps)
+        if done >= self.steps and self.freeze:
+            for p in group["params"]:
+                p.requires_grad_(False)
+                p.grad = None
+
+
+@dataclass
 class Stepper:
-    """A scheduler plus when to step it: ``"batch"``, ``"epoch"``, ``"plateau"`` or ``"none"``."""
+    """A scheduler plus when to step it: ``"batch"``, ``"epoch"``, ``"plateau"`` or ``"none"``;
+    and the groups trained for the first steps only (:class:`Window`), which it steps after
+    every batch whatever the interval."""
 
     scheduler: lrs.LRScheduler | lrs.ReduceLROnPlateau | None
     interval: str
     monitor: str = ""
+    windows: list[Window] = field(default_factory=list)
+    batches: int = 0  # optimizer steps taken (counted only when there are windows)
 
     def after_batch(self) -> None:
         if self.interval == "batch":
             self.scheduler.step()
+        if self.windows:
+            self.batches += 1
+            self._apply_windows()
 
     def after_epoch(self, metrics: dict[str, float]) -> None:
         """``metrics`` holds train_/val_ loss and acc; test metrics are never passed here."""
@@ -31,13 +64,25 @@ class Stepper:
             self.scheduler.step()
         elif self.interval == "plateau":
             self.scheduler.step(metrics[self.monitor])
+        self._apply_windows()  # the epoch-interval schedulers just reset every group's LR
+
+    def _apply_windows(self) -> None:
+        for w in self.windows:
+            w.apply(self.batches)
 
     def state_dict(self) -> dict:
-        return self.scheduler.state_dict() if self.scheduler is not None else {}
+        state = self.scheduler.state_dict() if self.scheduler is not None else {}
+        return {**state, WINDOW_KEY: self.batches} if self.windows else state
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.batches = int(state.pop(WINDOW_KEY, 0))
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state)
+        self._apply_windows()
+
+
+WINDOW_KEY = "window_steps"  # Stepper.state_dict's count of steps, beside the scheduler's own
 
 
 SchedFn = Callable[[torch.optim.Optimizer, SchedConfig, int, int], Stepper]
@@ -108,5 +153,12 @@ SCHEDULERS: dict[str, SchedFn] = {
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int,
-                    steps_per_epoch: int) -> Stepper:
-    return SCHEDULERS[cfg.name](opt, cfg, epochs, steps_per_epoch)
+                    steps_per_epoch: int, *, freeze_windows: bool = True) -> Stepper:
+    # a windowed group's base LR is read before a warm-up scheduler scales it at construction
+    windows = [Window(opt, i, max(1, round(g["train_epochs"] * steps_per_epoch)), g["lr"],
+                      freeze_windows) for i, g in enumerate(opt.param_groups)
+               if g.get("train_epochs")]
+    stepper = SCHEDULERS[cfg.name](opt, cfg, epochs, steps_per_epoch)
+    stepper.windows = windows
+    stepper._apply_windows()  # step 0: the windowed groups at their base LR
+    return stepper

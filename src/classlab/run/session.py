@@ -199,7 +199,8 @@ def _build(cfg: Config, data_root: Path | None, splits: Splits | None,
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     steps = steps_per_epoch(len(splits.train_x), cfg.train.batch_size)
-    stepper = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps)
+    stepper = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps,
+                              freeze_windows=dist.world == 1)
     amp = Amp(device.type, speed.precision)
     ema = Ema(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     lookahead = None
