@@ -7,7 +7,8 @@ only, elementwise work is not counted) for the recipe's model on 32x32 images:
 - training FLOPs per image: one forward and backward with the run's trainable parameters
   (fastnet's frozen whitening layer needs no input gradient for block1's first conv);
 - per run: ``epochs x training images x train FLOPs`` plus the final evaluation
-  (``views x 10,000 x forward``; ``--views`` is the TTA's views, 6 for flip_translate).
+  (``10,000 x forward x views``, the views per image of the run's ``train.tta`` and
+  ``train.tta_fraction``: 6 for flip_translate, 1 + 5 x 0.2 = 2 on the least confident 20%).
 
 Then times one 3x3 convolution forward of each shape the net uses (bf16 autocast and
 channels_last by default, as the fast recipes run on a bf16-capable CPU), batch 256, and
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 
 from classlab import config  # noqa: E402
+from classlab.engine.evaluate import TTA  # noqa: E402
 from classlab.models import build_model  # noqa: E402
 
 TRAIN_IMAGES = {0.0: 50_000, 0.1: 45_000}  # CIFAR-10 training images by data.val_split
@@ -92,12 +94,17 @@ def conv_rate(conv: nn.Conv2d, shape: tuple[int, int, int], batch: int, bf16: bo
     return flops, flops * n / (time.perf_counter() - t0)
 
 
+def views_per_image(cfg: config.Config) -> float:
+    """Forward passes per test image of the final evaluation: the plain view for all, the
+    other views of ``train.tta`` for the least confident ``train.tta_fraction``."""
+    n = len(TTA[cfg.train.tta](torch.zeros(1, 3, 4, 4)))
+    return 1 + (n - 1) * min(1.0, cfg.train.tta_fraction)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides for the config")
     ap.add_argument("--config", default="experiments/fast94.yaml")
-    ap.add_argument("--views", type=int, default=6, help="forward passes per test image "
-                    "at the end (flip_translate TTA: 6)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--fp32", action="store_true", help="time fp32 instead of bf16 autocast")
     ap.add_argument("--run", help="a finished run folder: its achieved FLOP rate")
@@ -107,10 +114,11 @@ def main() -> None:
     model = build_model(cfg.model, 10)
     fwd, train = per_image_flops(model)
     images = TRAIN_IMAGES.get(cfg.data.val_split, 50_000)
-    run = cfg.train.epochs * images * train + args.views * TEST_IMAGES * fwd
+    views = views_per_image(cfg)
+    run = cfg.train.epochs * images * train + views * TEST_IMAGES * fwd
     print(f"{args.config}: forward {fwd / 1e9:.3f} GFLOPs/image, training step "
           f"{train / 1e9:.3f} GFLOPs/image; {cfg.train.epochs} epochs x {images:,} images + "
-          f"{args.views} views x {TEST_IMAGES:,} test images = {run / 1e15:.3f} PFLOPs")
+          f"{views:g} views x {TEST_IMAGES:,} test images = {run / 1e15:.3f} PFLOPs")
     total_flops = total_s = 0.0
     for conv, shape in conv_shapes(model):
         f, rate = conv_rate(conv, shape, args.batch, not args.fp32, cfg.train.channels_last
@@ -125,11 +133,14 @@ def main() -> None:
     if args.run:
         summary = json.loads((Path(args.run) / "summary.json").read_text())
         epochs, wall = summary["epochs_done"], summary["wall_seconds"]
-        done = epochs * images * train + args.views * TEST_IMAGES * fwd
-        print(f"run {args.run}: {done / 1e15:.3f} PFLOPs in {wall:.0f} s (training and "
-              f"evaluation) = {done / wall / 1e12:.3f} TFLOP/s, {done / wall / ceiling:.0%} of "
-              "the convolution rate above")
-
+        done = epochs * images * train + views * TEST_IMAGES * fwd
+        print(f"run {args.run}: {done / 1e15:.3f} PFLOPs in {wall:.0f} s (the run's wall "
+              f"time: training and evaluation) = {done / wall / 1e12:.3f} TFLOP/s, "
+              f"{done / wall / ceiling:.0%} of the convolution rate above")
+        per_epoch = summary["seconds_per_epoch"]
+        rate = images * train / per_epoch
+        print(f"  training alone: {per_epoch:.0f} s per epoch = {rate / 1e12:.3f} TFLOP/s, "
+              f"{rate / ceiling:.0%} of it")
 
 if __name__ == "__main__":
     main()

@@ -91,6 +91,35 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@_pytest.fixture
+def cut_and_resume(monkeypatch):
+    """``cut_and_resume(cfg, out, at="2:3")``: train ``cfg`` into ``out`` with a SIGTERM after
+    step 3 of epoch 2 (``at``), resume the stopped run and return its folder."""
+    from classlab.run.flow import train_run
+    from classlab.run.signals import TEST_SIGNAL_ENV, RunInterrupted
+
+    def run(cfg, out: _Path, at: str = "2:3") -> _Path:
+        monkeypatch.setenv(TEST_SIGNAL_ENV, at)
+        with _pytest.raises(RunInterrupted):
+            train_run(cfg, out=out)
+        (run_dir,) = out.iterdir()
+        monkeypatch.delenv(TEST_SIGNAL_ENV)
+        train_run(run_dir=run_dir)
+        return run_dir
+
+    return run
+
+
+def assert_same_weights(a: _Path, b: _Path) -> None:
+    """The two run folders' last.pt hold bit-identical model weights."""
+    import torch
+
+    wa = torch.load(a / "last.pt", weights_only=True)["model"]
+    wb = torch.load(b / "last.pt", weights_only=True)["model"]
+    assert wa.keys() == wb.keys()
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+
+
 @_pytest.fixture(scope="module")
 def net():
     """A width-4 resnet18 with random weights and non-trivial BatchNorm statistics, in eval."""

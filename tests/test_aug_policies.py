@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_same_weights
 
 from classlab import config
 from classlab.augment import AUGMENTATIONS, PixelStats, make_generator, mixing, policies
@@ -553,23 +554,15 @@ def test_mixed_images_reach_the_training_step_only(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("one_thread_only")
-def test_resumed_mid_epoch_with_policies_and_mixing_is_bit_identical(tmp_path, monkeypatch):
+def test_resumed_mid_epoch_with_policies_and_mixing_is_bit_identical(tmp_path, cut_and_resume):
     from classlab.run.flow import train_run
-    from classlab.run.signals import TEST_SIGNAL_ENV, RunInterrupted
 
     cfg = _run_config(mix_p=0.7)
     cfg["aug"]["ops"] = ["crop", "trivialaugment", "autoaugment", "erasing", "colorjitter",
                          "mixup", "cutmix"]
     reference = train_run(config.from_dict(cfg), out=tmp_path / "ref").run_dir
-    monkeypatch.setenv(TEST_SIGNAL_ENV, "2:3")  # SIGTERM after step 3 of epoch 2
-    with pytest.raises(RunInterrupted):
-        train_run(config.from_dict(cfg), out=tmp_path / "cut")
-    (run_dir,) = (tmp_path / "cut").iterdir()
-    monkeypatch.delenv(TEST_SIGNAL_ENV)
-    train_run(run_dir=run_dir)
-    a = torch.load(reference / "last.pt", weights_only=True)["model"]
-    b = torch.load(run_dir / "last.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run_dir = cut_and_resume(config.from_dict(cfg), tmp_path / "cut")  # after step 3, epoch 2
+    assert_same_weights(reference, run_dir)
     assert (reference / "metrics.csv").read_text().splitlines()[1].split(",")[:4] == \
         (run_dir / "metrics.csv").read_text().splitlines()[1].split(",")[:4]
 
