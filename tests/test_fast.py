@@ -152,12 +152,14 @@ def test_fast_recipe_learns_synthetic(tmp_path: Path) -> None:
 # ----------------------------------------------------- optim.whiten_bias_epochs (airbench)
 
 
-def _window_setup(whiten_epochs: float, sched: str = "linear", optim: str = "sgd"):
+def _window_setup(whiten_epochs: float, optim: str = "sgd"):
+    """A width-8 fastnet, its optimizer and its linear schedule (warm-up 1 epoch of 4 steps,
+    3 epochs), the whitening bias trained for ``whiten_epochs``."""
     from classlab.optim import build_optimizer, build_scheduler
 
     cfg = config.load(None, [f"optim.name={optim}", "optim.lr=0.1", "optim.momentum=0.9",
                              "optim.no_decay_norm_bias=true", "optim.norm_bias_lr_scale=4",
-                             f"optim.whiten_bias_epochs={whiten_epochs}", f"sched.name={sched}",
+                             f"optim.whiten_bias_epochs={whiten_epochs}", "sched.name=linear",
                              "sched.warmup_epochs=1", "model.name=fastnet"])
     torch.manual_seed(0)
     model = FastNet(10, torch.nn.BatchNorm2d, width=8)
