@@ -34,7 +34,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load1, machine_line  # noqa: E402
+from _common import cifar10_train_images, load1, machine_line  # noqa: E402
 
 from classlab import config  # noqa: E402
 from classlab.engine import Normalizer, steps_per_epoch  # noqa: E402
@@ -46,7 +46,6 @@ from classlab.optim import build_optimizer  # noqa: E402
 from classlab.run.session import default_threads  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # CIFAR-10-like; only the timing matters
-TRAIN_IMAGES = {0.0: 50_000, 0.1: 45_000}  # CIFAR-10 training images by data.val_split
 
 
 def _inputs(cfg: config.Config, n: int) -> tuple[torch.nn.Module, TrainSample, int]:
@@ -80,7 +79,7 @@ def _warm_compile(cfg, model, sample, speed, batch: int) -> float:
 
 def bench(recipe: str, overrides: list[str]) -> None:
     cfg = config.load(recipe, ["train.compile=auto", *overrides])
-    n = TRAIN_IMAGES.get(cfg.data.val_split, round(50_000 * (1 - cfg.data.val_split)))
+    n = cifar10_train_images(cfg.data.val_split)
     model, sample, batch = _inputs(cfg, n)
     per_epoch = steps_per_epoch(n, batch)
     steps = cfg.train.epochs * per_epoch

@@ -33,13 +33,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line  # noqa: E402
+from _common import cifar10_train_images, machine_line  # noqa: E402
 
 from classlab import config  # noqa: E402
 from classlab.engine.evaluate import TTA  # noqa: E402
 from classlab.models import build_model  # noqa: E402
 
-TRAIN_IMAGES = {0.0: 50_000, 0.1: 45_000}  # CIFAR-10 training images by data.val_split
 TEST_IMAGES = 10_000
 
 
@@ -79,10 +78,8 @@ def conv_rate(conv: nn.Conv2d, shape: tuple[int, int, int], batch: int, bf16: bo
     x = torch.randn(batch, *shape).to(memory_format=fmt)
     c = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                   conv.padding, bias=conv.bias is not None).to(memory_format=fmt)
-    ctx = (lambda: torch.autocast("cpu", torch.bfloat16)) if bf16 else torch.no_grad
-
     def once() -> None:
-        with torch.no_grad(), ctx():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             c(x)
 
     flops = counted(once)
@@ -113,9 +110,10 @@ def main() -> None:
     print(machine_line())
     model = build_model(cfg.model, 10)
     fwd, train = per_image_flops(model)
-    images = TRAIN_IMAGES.get(cfg.data.val_split, 50_000)
+    images = cifar10_train_images(cfg.data.val_split)
     views = views_per_image(cfg)
-    run = cfg.train.epochs * images * train + views * TEST_IMAGES * fwd
+    epoch, evaluation = images * train, views * TEST_IMAGES * fwd  # FLOPs
+    run = cfg.train.epochs * epoch + evaluation
     print(f"{args.config}: forward {fwd / 1e9:.3f} GFLOPs/image, training step "
           f"{train / 1e9:.3f} GFLOPs/image; {cfg.train.epochs} epochs x {images:,} images + "
           f"{views:g} views x {TEST_IMAGES:,} test images = {run / 1e15:.3f} PFLOPs")
@@ -133,14 +131,15 @@ def main() -> None:
     if args.run:
         summary = json.loads((Path(args.run) / "summary.json").read_text())
         epochs, wall = summary["epochs_done"], summary["wall_seconds"]
-        done = epochs * images * train + views * TEST_IMAGES * fwd
+        done = epochs * epoch + evaluation
         print(f"run {args.run}: {done / 1e15:.3f} PFLOPs in {wall:.0f} s (the run's wall "
               f"time: training and evaluation) = {done / wall / 1e12:.3f} TFLOP/s, "
               f"{done / wall / ceiling:.0%} of the convolution rate above")
         per_epoch = summary["seconds_per_epoch"]
-        rate = images * train / per_epoch
+        rate = epoch / per_epoch
         print(f"  training alone: {per_epoch:.0f} s per epoch = {rate / 1e12:.3f} TFLOP/s, "
               f"{rate / ceiling:.0%} of it")
+
 
 if __name__ == "__main__":
     main()

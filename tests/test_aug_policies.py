@@ -495,18 +495,10 @@ def _run_config(**aug) -> dict:
             "log": {"dynamics_every": 0}, "diagnose": {"enabled": False}}
 
 
-@pytest.fixture
-def one_thread_only():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SENTINEL = 50.0  # one pixel of every mixed image; real normalised pixels stay within ±3
 
 
-@pytest.mark.usefixtures("one_thread_only")
+@pytest.mark.usefixtures("one_thread")
 def test_mixed_images_reach_the_training_step_only(tmp_path, monkeypatch):
     """Mixed images carry a marker pixel. Every forward pass of the model is watched: the
     training steps see the marker; evaluation (with TTA), calibration, the CAMs of diagnose
@@ -553,7 +545,7 @@ def test_mixed_images_reach_the_training_step_only(tmp_path, monkeypatch):
         handle.remove()
 
 
-@pytest.mark.usefixtures("one_thread_only")
+@pytest.mark.usefixtures("one_thread")
 def test_resumed_mid_epoch_with_policies_and_mixing_is_bit_identical(tmp_path, cut_and_resume):
     from classlab.run.flow import train_run
 
@@ -567,7 +559,7 @@ def test_resumed_mid_epoch_with_policies_and_mixing_is_bit_identical(tmp_path, c
         (run_dir / "metrics.csv").read_text().splitlines()[1].split(",")[:4]
 
 
-@pytest.mark.usefixtures("one_thread_only")
+@pytest.mark.usefixtures("one_thread")
 def test_mixing_stops_at_the_off_epoch(tmp_path):
     from classlab.run.flow import train_run
     from classlab.rundir.datadyn import read_data_dynamics
