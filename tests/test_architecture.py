@@ -214,11 +214,12 @@ def _registries():
     from classlab.config import schema
     from classlab.data import DATASETS
     from classlab.diagnose import CAMS
-    from classlab.models import MODELS, NORMS
+    from classlab.models import ACTIVATIONS, MODELS, NORMS
     from classlab.optim import OPTIMIZERS, SCHEDULERS
 
     return [("datasets", schema.DATASETS, DATASETS), ("models", schema.MODELS, MODELS),
-            ("norms", schema.NORMS, NORMS), ("optimizers", schema.OPTIMIZERS, OPTIMIZERS),
+            ("norms", schema.NORMS, NORMS), ("activations", schema.ACTIVATIONS, ACTIVATIONS),
+            ("optimizers", schema.OPTIMIZERS, OPTIMIZERS),
             ("schedulers", schema.SCHEDULERS, SCHEDULERS),
             ("augmentations", schema.AUGMENTATIONS, AUGMENTATIONS),
             ("cams", schema.CAMS, CAMS)]
@@ -242,6 +243,47 @@ def test_every_model_builds_with_every_norm():
         for norm in NORMS:
             model = build_model(ModelConfig(name=name, norm=norm, width=8, gn_groups=2), 10)
             assert model(x).shape == (2, 10), (name, norm)
+
+
+def test_every_model_builds_with_every_activation():
+    import torch
+
+    from classlab.config import ModelConfig
+    from classlab.config.schema import ACTIVATIONS, MODELS
+    from classlab.models import ACTIVATIONS as FACTORIES
+    from classlab.models import build_model
+
+    own = {"fastnet": torch.nn.GELU, "resnet18": torch.nn.ReLU, "resnet34": torch.nn.ReLU}
+    x = torch.randn(2, 3, 32, 32)
+    for name in MODELS:
+        for act in ("auto", *ACTIVATIONS):
+            model = build_model(ModelConfig(name=name, width=8, activation=act), 10)
+            assert model(x).shape == (2, 10), (name, act)
+            want = {own[name] if act == "auto" else FACTORIES[act]}
+            if name == "fastnet":  # the GELU after the whitening layer stays the net's own
+                assert isinstance(model.act, torch.nn.GELU)
+                want.add(torch.nn.GELU)
+            kinds = tuple(FACTORIES.values())
+            acts = {type(m) for m in model.modules() if isinstance(m, kinds)}
+            assert acts == want, (name, act, acts)
+
+
+def test_the_auto_activation_is_the_named_one_bit_for_bit():
+    """activation auto must keep every existing config's numbers: resnet auto == relu,
+    fastnet auto == gelu, from the same seed; silu differs."""
+    import torch
+
+    from classlab.config import ModelConfig
+    from classlab.models import build_model
+
+    x = torch.randn(4, 3, 32, 32)
+    for name, same in (("resnet18", "relu"), ("fastnet", "gelu")):
+        out = {}
+        for act in ("auto", same, "silu"):
+            torch.manual_seed(0)
+            out[act] = build_model(ModelConfig(name=name, width=8, activation=act), 10).eval()(x)
+        assert torch.equal(out["auto"], out[same]), name
+        assert not torch.allclose(out["auto"], out["silu"]), name
 
 
 def test_every_optimizer_and_scheduler_builds_and_steps():

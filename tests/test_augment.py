@@ -18,6 +18,7 @@ from classlab.augment.batched import (
     augment,
     cutout,
     make_generator,
+    normjitter,
     random_crop,
     random_flip,
     random_rotate,
@@ -317,6 +318,43 @@ def test_cutout_probability():
     out = cutout(x, make_generator(0, "cpu"), cfg_with(cutout_p=0.4, cutout_size=3))
     rate = (out == 0).flatten(1).any(1).float().mean().item()
     assert abs(rate - 0.4) < 0.05
+
+
+# --------------------------------------------------------------------------- normjitter
+
+
+def test_normjitter_brightness_alone_adds_one_shift_per_image_within_range():
+    x = batch(n=3000, c=3, h=4, w=4)
+    out = normjitter(x, make_generator(0, "cpu"), cfg_with(norm_brightness=0.3, norm_contrast=0))
+    shift = out - x  # [N, C, H, W]: the same value in every position of an image
+    per_image = shift[:, :1, :1, :1]
+    torch.testing.assert_close(shift, per_image.expand_as(shift), rtol=0, atol=1e-6)
+    b = per_image.flatten()
+    assert b.abs().max() <= 0.3 and b.min() < -0.29 and b.max() > 0.29  # U(-0.3, 0.3)
+    assert abs(b.mean().item()) < 0.02 and abs(b.std().item() - 0.3 / 3**0.5) < 0.01
+
+
+def test_normjitter_contrast_alone_scales_about_the_dataset_mean():
+    x = batch(n=3000, c=3, h=4, w=4)
+    x[:, :, 0, 0] = 0.0  # the dataset's mean colour, normalised
+    out = normjitter(x, make_generator(0, "cpu"), cfg_with(norm_brightness=0, norm_contrast=0.2))
+    assert torch.equal(out[:, :, 0, 0], x[:, :, 0, 0])  # the mean colour stays put
+    c = out[:, :1, 1:2, 1:2] / x[:, :1, 1:2, 1:2]  # [N, 1, 1, 1]: one factor per image
+    torch.testing.assert_close(out, x * c, rtol=1e-6, atol=1e-6)
+    assert c.min() >= 0.8 and c.max() <= 1.2 and c.min() < 0.81 and c.max() > 1.19
+
+
+def test_normjitter_shifts_then_scales_and_switches_off():
+    """Both on: (x + b) * c with the b of a brightness-only call and the c of a
+    contrast-only call from the same seed (one draw of both per call, whatever is on)."""
+    x = batch()
+    b = normjitter(x, make_generator(4, "cpu"), cfg_with(norm_brightness=0.1, norm_contrast=0)) - x
+    c = normjitter(x, make_generator(4, "cpu"), cfg_with(norm_brightness=0, norm_contrast=0.1)) / x
+    both = normjitter(x, make_generator(4, "cpu"), cfg_with(norm_brightness=0.1,
+                                                               norm_contrast=0.1))
+    torch.testing.assert_close(both, (x + b) * c, rtol=1e-5, atol=1e-6)
+    off = cfg_with(norm_brightness=0, norm_contrast=0)
+    assert normjitter(x, make_generator(4, "cpu"), off) is x
 
 
 def test_alternate_flip_mirrors_each_image_in_every_other_epoch():

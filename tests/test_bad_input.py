@@ -359,6 +359,13 @@ CASES = [
      "allowed: 0, or model.name=fastnet"),
     ("whiten-bias-negative", ["config", "{tiny}", "optim.whiten_bias_epochs=-1"], 2,
      "optim.whiten_bias_epochs: -1.0 is out of range; must be ≥ 0.0"),
+    # model.activation and normjitter (issue 26)
+    ("activation-unknown", ["config", "{tiny}", "model.activation=tanh"], 2,
+     "model.activation: unknown value 'tanh'; allowed: auto, gelu, relu, silu"),
+    ("normjitter-contrast-too-large", ["config", "{tiny}", "aug.norm_contrast=1"], 2,
+     "aug.norm_contrast: 1.0 is out of range; must be < 1.0"),
+    ("normjitter-brightness-negative", ["config", "{tiny}", "aug.norm_brightness=-0.1"], 2,
+     "aug.norm_brightness: -0.1 is out of range; must be ≥ 0.0"),
 ]
 
 

@@ -423,12 +423,12 @@ def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--layers", "layer1,foo"], "unknown layer 'foo'; valid: conv1, bn1, layer1, layer2"),
+    (["--layers", "layer1,foo"], "unknown layer 'foo'; valid: conv1, bn1, act, layer1, layer2"),
     (["--method", "cam"], "unknown method 'cam'; allowed: eigencam, gradcam, gradcampp, "
                           "hirescam, layercam, scorecam, xgradcam, all"),
     (["--count", "0"], "diagnose.count: 0"),
     (["--layers", "layer4,linear"], "'linear' outputs [10] per image, not a [channels, h, w] "
-                                    "feature map; e.g. conv1, bn1, layer1"),
+                                    "feature map; e.g. conv1, bn1, act, layer1"),
     (["--layers", "layer4,pool", "--method", "scorecam"],
      "'pool' gives a 1x1 map, too small for scorecam's masks (needs at least 2 cells)"),
     (["--layers", "pool", "--method", "all"], "too small for eigencam's masks"),

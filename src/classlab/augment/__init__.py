@@ -1,8 +1,9 @@
 """Training-time augmentation.
 
 - :mod:`~classlab.augment.batched`: whole-batch tensor ops on the batch's device (crop,
-  flip, rotate, cutout; alternating flip), each drawing from an explicit generator. The
-  names are :data:`classlab.config.schema.AUGMENTATIONS`.
+  flip, rotate, cutout, normjitter = brightness/contrast in normalised units; alternating
+  flip), each drawing from an explicit generator. The names are
+  :data:`classlab.config.schema.AUGMENTATIONS`.
 - :mod:`~classlab.augment.policies`: RandAugment, TrivialAugment, AutoAugment (CIFAR-10),
   colour jitter and random erasing, with the same conventions; their image ops in
   :mod:`~classlab.augment.imageops`, on pixel values (:mod:`~classlab.augment.pixels`).
@@ -22,6 +23,7 @@ from classlab.augment.batched import (
     cutout,
     epoch_images,
     make_generator,
+    normjitter,
     random_crop,
     random_flip,
     random_rotate,
@@ -35,4 +37,4 @@ AUGMENTATIONS.update(MIXING_OPS)
 
 __all__ = ["AUGMENTATIONS", "MIXING", "AugFn", "Mix", "PixelStats", "alternate_flip",
            "augment", "cutout", "epoch_images", "make_generator", "make_mixer",
-           "mixed_cross_entropy", "random_crop", "random_flip", "random_rotate"]
+           "mixed_cross_entropy", "normjitter", "random_crop", "random_flip", "random_rotate"]

@@ -22,10 +22,11 @@ from typing import Any
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
 MODELS = ("fastnet", "resnet18", "resnet34")
 NORMS = ("bn", "gn", "ln")
+ACTIVATIONS = ("gelu", "relu", "silu")  # model.activation may also say "auto"
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
 SCHEDULERS = ("cosine", "linear", "none", "onecycle", "plateau", "step")
 AUGMENTATIONS = ("autoaugment", "colorjitter", "crop", "cutmix", "cutout", "erasing", "flip",
-                 "mixup", "randaugment", "rotate", "trivialaugment")
+                 "mixup", "normjitter", "randaugment", "rotate", "trivialaugment")
 LABEL_NOISE_KINDS = ("matrix", "pairs", "symmetric")
 # data.label_noise_kind=pairs on CIFAR-10: each class and its partner (both ways), chosen
 # among the classes a trained CIFAR-10 network confuses most; any other dataset pairs its
@@ -128,6 +129,10 @@ class ModelConfig:
     gn_groups: int = _f(32, "groups for norm=gn (must divide every layer's channels)", ge=1)
     width: int = _f(64, "channels of the first stage; later stages double it", ge=1,
                     unit="channels")
+    activation: str = _f("auto", "activation after the norms: auto = the architecture's own "
+                         "(relu for resnet, gelu for fastnet; fastnet's GELU after its "
+                         "whitening layer stays whatever this says)",
+                         choices=("auto", *ACTIVATIONS))
 
 
 @dataclass
@@ -254,6 +259,12 @@ class AugConfig:
                                   "+ j] (0: off)", ge=0.0, le=1.0)
     jitter_hue: float = _f(0.0, "colorjitter: hue rotation uniform in [-h, h] turns (0: off)",
                            ge=0.0, le=0.5, unit="turns")
+    norm_brightness: float = _f(0.14, "normjitter: add b uniform in [-j, j] to every value of "
+                                "an image, after normalisation (hiverge's cifar10-speedrun: "
+                                "0.14)", ge=0.0, unit="channel std")
+    norm_contrast: float = _f(0.13, "normjitter: then multiply the image by c uniform in [1 - "
+                              "j, 1 + j], about the dataset's mean colour (hiverge's: 0.13)",
+                              ge=0.0, lt=1.0)
     erasing_p: float = _f(0.5, "erasing: probability per image of erasing a random rectangle "
                           "(Zhong et al.'s CIFAR setting)", ge=0.0, le=1.0)
     erasing_max_area: float = _f(0.4, "erasing: largest rectangle, as a fraction of the image "

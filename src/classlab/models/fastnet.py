@@ -6,24 +6,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from classlab.models.activations import Activation
 from classlab.models.norms import NormLayer
 
 
 class ConvGroup(nn.Module):
-    """conv3x3 -> maxpool 2 -> norm -> GELU -> conv3x3 -> norm -> GELU.
+    """conv3x3 -> maxpool 2 -> norm -> act -> conv3x3 -> norm -> act (act: GELU unless
+    ``act`` names another).
 
     ``[N, in_ch, H, W] -> [N, out_ch, H // 2, W // 2]``. The convs have no bias (the norm's
     bias plays that role); the norms' scale weights are frozen at 1 by :class:`FastNet`.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, norm_layer: NormLayer) -> None:
+    def __init__(self, in_ch: int, out_ch: int, norm_layer: NormLayer,
+                 act: Activation | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = norm_layer(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.norm2 = norm_layer(out_ch)
-        self.act = nn.GELU()
+        self.act = (act or nn.GELU)()
         for conv in (self.conv1, self.conv2):
             # Partial identity init: the first min(in, out) filters pass their input channel
             # through unchanged (the centre tap is 1), the rest keep torch's default init.
@@ -42,7 +45,7 @@ class FastNet(nn.Module):
     ``whiten`` 2x2 conv, no padding, ``3 -> 24`` channels, 31x31, set by
     :meth:`init_from_data` (the patch-whitening filters and their negatives) and frozen
     (weight and bias; ``optim.whiten_bias_epochs`` trains the bias for the first epochs),
-    then GELU;
+    then GELU; each group's activation is GELU, or ``act`` (``model.activation``);
     ``block1`` ``24 -> w`` at 31x31 -> 15x15; ``block2`` ``w -> 4w`` -> 7x7; ``block3``
     ``4w -> 4w`` -> 3x3; global max pool; linear ``4w -> classes`` without bias, its output
     multiplied by ``logit_scale`` (1/9). ``width=64`` is airbench94's 64/256/256.
@@ -56,7 +59,7 @@ class FastNet(nn.Module):
     logit_scale = 1.0 / 9.0
 
     def __init__(self, num_classes: int, norm_layer: NormLayer, width: int = 64,
-                 bn_momentum: float = 0.4) -> None:
+                 bn_momentum: float = 0.4, act: Activation | None = None) -> None:
         super().__init__()
         k = 3 * self.patch * self.patch  # 12: dimension of one 2x2 RGB patch
         self.whiten = nn.Conv2d(3, 2 * k, self.patch, padding=0, bias=True)
@@ -65,9 +68,9 @@ class FastNet(nn.Module):
         self.whiten.requires_grad_(False)
         self.act = nn.GELU()
         widths = (width, 4 * width, 4 * width)
-        self.block1 = ConvGroup(2 * k, widths[0], norm_layer)
-        self.block2 = ConvGroup(widths[0], widths[1], norm_layer)
-        self.block3 = ConvGroup(widths[1], widths[2], norm_layer)
+        self.block1 = ConvGroup(2 * k, widths[0], norm_layer, act)
+        self.block2 = ConvGroup(widths[0], widths[1], norm_layer, act)
+        self.block3 = ConvGroup(widths[1], widths[2], norm_layer, act)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.linear = nn.Linear(widths[2], num_classes, bias=False)
         for m in self.modules():
@@ -117,5 +120,6 @@ class FastNet(nn.Module):
         return self.linear(x) * self.logit_scale
 
 
-def fastnet(num_classes: int, norm_layer: NormLayer, width: int = 64) -> nn.Module:
-    return FastNet(num_classes, norm_layer, width)
+def fastnet(num_classes: int, norm_layer: NormLayer, width: int = 64,
+            act: Activation | None = None) -> nn.Module:
+    return FastNet(num_classes, norm_layer, width, act=act)
