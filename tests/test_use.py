@@ -135,10 +135,11 @@ def test_api_predict(tiny_run, tmp_path):
 # --------------------------------------------------------------------------- export
 
 
-def _fake_run(folder: Path, model: str, norm: str) -> Path:
+def _fake_run(folder: Path, model: str, norm: str, activation: str = "auto") -> Path:
     """A run folder with a checkpoint of a random ``model``/``norm`` net (no training)."""
     cfg = config.from_dict({"name": f"{model}-{norm}", "model": {"name": model, "norm": norm,
-                                                                "width": 4, "gn_groups": 2},
+                                                                "width": 4, "gn_groups": 2,
+                                                                "activation": activation},
                             "data": {"name": "synthetic", "synthetic_size": 60},
                             "train": {"precision": "fp32", "channels_last": False,
                                       "device": "cpu", "threads": 1}})
@@ -184,6 +185,14 @@ def test_export_matches_classlab_for_every_model_and_norm(tmp_path, model, norm,
     assert json.loads(meta["classes"]) == [f"c{i}" for i in range(10)]
     assert json.loads(meta["mean"]) == pytest.approx([0.4, 0.5, 0.6])
     assert meta["input"].startswith("[N,3,32,32]")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
+def test_export_keeps_the_configured_activation(tmp_path, activation):
+    """fast94_8ep trains fastnet with SiLU: the exported graph must compute what classlab does."""
+    run = _fake_run(tmp_path / "run", "fastnet", "bn", activation)
+    _, diff = export(run, "onnx", tmp_path / "m.onnx")
+    assert diff <= 1e-4, diff
 
 
 def test_export_without_onnx_names_the_extra(tmp_path, monkeypatch, capsys):
