@@ -4,6 +4,7 @@ caches per machine / torch version / model / batch, and follows the CUDA rule.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -162,7 +163,11 @@ def test_cache_is_keyed_by_model_batch_and_torch_version(tmp_path, monkeypatch):
     assert len(entries) == 2
     assert {json.loads(k)["batch"] for k in entries} == {16, 32}
     key = json.loads(next(iter(entries)))
-    assert {"model_of_device", "flags", "torch", "model", "width", "norm", "threads"} <= key.keys()
+    assert {"model_of_device", "flags", "torch", "model", "width", "norm", "activation",
+            "threads"} <= key.keys()
+    silu = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, activation="silu"))
+    n = len(calls)
+    assert choose(silu).how == "probe" and len(calls) > n  # another net: measured again
     # a new torch version invalidates every entry of the old one
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     n = len(calls)
