@@ -177,7 +177,8 @@ def cache_key(cfg: Config, device: torch.device, batch: int, image: tuple[int, .
     key = {"device": device.type, "model_of_device": where, "flags": cpu_flags(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "model": cfg.model.name, "norm": cfg.model.norm, "width": cfg.model.width,
-           "activation": cfg.model.activation, "batch": batch, "image": list(image), "candidates": [c.name for c in cands]}
+           "activation": cfg.model.activation, "batch": batch, "image": list(image),
+           "candidates": [c.name for c in cands]}
     return json.dumps(key, sort_keys=True)
 
 
