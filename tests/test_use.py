@@ -191,8 +191,15 @@ def test_export_matches_classlab_for_every_model_and_norm(tmp_path, model, norm,
 def test_export_keeps_the_configured_activation(tmp_path, activation):
     """fast94_8ep trains fastnet with SiLU: the exported graph must compute what classlab does."""
     run = _fake_run(tmp_path / "run", "fastnet", "bn", activation)
-    _, diff = export(run, "onnx", tmp_path / "m.onnx")
+    want = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU, "silu": torch.nn.SiLU}[activation]
+    assert isinstance(load_model(run, "cpu").model.block2.act, want)  # the run's net, reloaded
+    path, diff = export(run, "onnx", tmp_path / "m.onnx")
     assert diff <= 1e-4, diff
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    if activation == "relu":
+        assert "Relu" in ops, ops  # the blocks' ReLU, beside the whitening layer's GELU
 
 
 def test_export_without_onnx_names_the_extra(tmp_path, monkeypatch, capsys):
